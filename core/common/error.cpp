@@ -1,0 +1,2 @@
+#include "core/common/error.h"
+// Anchor for the vtable of kvx::Error.

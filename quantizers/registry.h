@@ -1,0 +1,68 @@
+// The method registry: one traits row per component (ggml's type_traits style). A component is
+// a key/value codec (none, kvq, selective_int8, qaq, ...) or a whole-cache policy (sink_window,
+// h2o, attention_prune, aqua, ...). Adding a method is one file pair plus one row in
+// registry.cpp.
+//
+// A method spec is JSON:
+//   {"key": {"type": "kvq", "bits": 4, ...}, "value": {"type": "kvq", "bits": 2, ...},
+//    "policy": {"type": "...", ...}}          // "policy" optional
+// resolve_method() fills defaults and validates every key against the schemas; errors carry
+// the JSON path of the offending key so the grid can point at the YAML line and column.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/cache/kv_cache_policy.h"
+
+namespace kvx {
+
+enum class ParamType { Int, Float, Bool, String, Enum };
+
+struct ParamSpec {
+  std::string name;
+  ParamType type = ParamType::Int;
+  nlohmann::json def;                // default value (null = required)
+  double min = -1e300, max = 1e300;  // inclusive range for Int/Float
+  std::vector<std::string> choices;  // Enum values; Int params may also list allowed values here
+  std::string help;
+};
+
+// Validation failure: path is the key path inside the spec, e.g. {"key", "bits"}.
+struct ParamError : std::runtime_error {
+  ParamError(std::vector<std::string> p, const std::string& msg)
+      : std::runtime_error(msg), path(std::move(p)) {}
+  std::vector<std::string> path;
+};
+
+enum class ComponentKind { Codec, Policy };
+
+struct MethodTraits {
+  std::string name;
+  ComponentKind kind = ComponentKind::Codec;
+  std::string summary;
+  std::vector<ParamSpec> params;
+  std::string bits;              // human-readable bit widths for `kvx list`, e.g. "2/4"
+  bool needs_attention = false;  // wants the model's attention probabilities
+  bool needs_calibration = false;
+  bool fused_kernel = false;     // has a fused CUDA attention path
+};
+
+const std::vector<MethodTraits>& method_table();
+const MethodTraits* find_method(const std::string& name);
+
+// Defaults filled, every key validated; the result is canonical (sorted keys) and enters the
+// job key.
+nlohmann::json resolve_method(const nlohmann::json& spec);
+// "none", "kvq:k4v2", "kvq:k4v2:channel" ... -> spec (for `kvx eval --method`).
+nlohmann::json parse_method_shorthand(const std::string& text);
+// Short human label for tables, e.g. "kvq k4v2 g64 r128".
+std::string method_label(const nlohmann::json& resolved);
+// Build the cache policy for one sequence from a resolved spec.
+std::unique_ptr<KVCachePolicy> make_policy(const nlohmann::json& resolved);
+
+}  // namespace kvx

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install kvx's build dependencies on Debian 12 with apt. Idempotent: when everything is
+# already installed it prints nothing and exits 0. Run as root (or with sudo available).
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config git ccache
+  libtorch-dev libcli11-dev libyaml-cpp-dev libfmt-dev libhdf5-dev libsqlite3-dev
+  libomp-dev libgtest-dev libbenchmark-dev libpcre2-dev nlohmann-json3-dev sqlite3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
