@@ -3,13 +3,28 @@
 #include <fmt/format.h>
 
 #include "core/common/error.h"
+#include "experiments/generation.h"
+#include "experiments/kl_divergence.h"
+#include "experiments/long_ppl.h"
+#include "experiments/multiple_choice.h"
+#include "experiments/passkey.h"
+#include "experiments/perplexity.h"
 #include "quantizers/param_schema.h"
 
 namespace kvx {
 
+ProtocolTraits noop_protocol();  // experiments/noop_protocol.cpp
+
 // One row per protocol; each protocol's parameters and runner live in its own file.
 const std::vector<ProtocolTraits>& protocol_table() {
   static const std::vector<ProtocolTraits> table = {
+      noop_protocol(),
+      perplexity_protocol(),
+      kl_divergence_protocol(),
+      generation_protocol(),
+      passkey_protocol(),
+      long_ppl_protocol(),
+      multiple_choice_protocol(),
   };
   return table;
 }

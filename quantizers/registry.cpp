@@ -3,7 +3,13 @@
 #include <fmt/format.h>
 
 #include "core/common/error.h"
+#include "quantizers/aqua.h"
+#include "quantizers/kvq.h"
 #include "quantizers/param_schema.h"
+#include "quantizers/qaq.h"
+#include "quantizers/segments.h"
+#include "quantizers/selective_int8.h"
+#include "quantizers/sink_window.h"
 
 namespace kvx {
 
@@ -12,6 +18,13 @@ namespace kvx {
 const std::vector<MethodTraits>& method_table() {
   static const std::vector<MethodTraits> table = {
       {"none", ComponentKind::Codec, "full precision (compute dtype), no compression", {}, "16"},
+      kvq_traits(),
+      segments_traits(),
+      selective_int8_traits(),
+      sink_window_traits(),
+      qaq_traits(),
+      qaq_cache_traits(),
+      aqua_traits(),
   };
   return table;
 }
@@ -28,12 +41,23 @@ nlohmann::json resolve_component(const nlohmann::json& c, const std::string& slo
   if (!given.is_object() || !given.contains("type") || !given["type"].is_string())
     throw ParamError({slot}, fmt::format("'{}' must be a method name or a mapping with 'type'", slot));
   const auto* t = find_method(given["type"].get<std::string>());
-  if (!t) {
+  const ComponentKind want = slot == "policy" ? ComponentKind::Policy : ComponentKind::Codec;
+  auto names_of = [](ComponentKind k) {
     std::string names;
-    for (const auto& m : method_table()) names += (names.empty() ? "" : ", ") + m.name;
-    throw ParamError({slot, "type"}, fmt::format("unknown method '{}' (known: {})",
-                                                 given["type"].get<std::string>(), names));
-  }
+    for (const auto& m : method_table())
+      if (m.kind == k) names += (names.empty() ? "" : ", ") + m.name;
+    return names;
+  };
+  if (!t)
+    throw ParamError({slot, "type"}, fmt::format("unknown {} '{}' (known: {})",
+                                                 want == ComponentKind::Policy ? "policy" : "method",
+                                                 given["type"].get<std::string>(), names_of(want)));
+  if (t->kind != want)
+    throw ParamError({slot, "type"},
+                     fmt::format("'{}' is a {} and cannot be used as '{}' (expected one of: {})", t->name,
+                                 t->kind == ComponentKind::Policy ? "cache policy" : "key/value codec",
+                                 slot, names_of(want)));
+  if (t->prepare) t->prepare(given, slot);
   return resolve_params(*t, given, {slot});
 }
 }  // namespace
@@ -46,24 +70,61 @@ nlohmann::json resolve_method(const nlohmann::json& spec) {
       throw ParamError({it.key()}, fmt::format("unknown method field '{}' (expected key, value, policy)", it.key()));
   out["key"] = resolve_component(spec.value("key", nlohmann::json("none")), "key");
   out["value"] = resolve_component(spec.value("value", nlohmann::json("none")), "value");
-  if (spec.contains("policy")) out["policy"] = resolve_component(spec["policy"], "policy");
+  if (spec.contains("policy")) {
+    out["policy"] = resolve_component(spec["policy"], "policy");
+  } else {
+    // A codec that needs a token layout brings its default policy (kvq -> segments), filled in
+    // here so that the layout's defaults enter the job key.
+    const char* def = nullptr;
+    for (const char* slot : {"key", "value"}) {
+      const auto* t = find_method(out[slot]["type"].get<std::string>());
+      if (t && t->default_policy && !def) def = t->default_policy;
+    }
+    if (def) out["policy"] = resolve_component(nlohmann::json(def), "policy");
+  }
+  if (out.contains("policy")) {
+    const auto* t = find_method(out["policy"]["type"].get<std::string>());
+    if (t && t->check) t->check(out);
+  }
   return out;
 }
 
 nlohmann::json parse_method_shorthand(const std::string& text) {
   if (text == "none" || text == "fp16" || text == "full") return {{"key", "none"}, {"value", "none"}};
-  throw error("unknown method shorthand '{}' (expected: none)", text);
+  const std::string head = text.substr(0, text.find(':'));
+  if (head == "kvq") return parse_kvq_shorthand(text);
+  if (head == "aqua") return parse_aqua_shorthand(text);
+  if (head == "selective_int8") return parse_selective_int8_shorthand(text);
+  if (head == "sink_window") return parse_sink_window_shorthand(text);
+  throw error("unknown method shorthand '{}' (expected none, fp16, kvq:k4v2[...], selective_int8[:s16:w32], "
+              "sink_window[:s16:w32])", text);
 }
 
 std::string method_label(const nlohmann::json& m) {
   if (m["key"]["type"] == "none" && m["value"]["type"] == "none" && !m.contains("policy")) return "none";
+  if (m.contains("policy")) {
+    const auto* t = find_method(m["policy"]["type"].get<std::string>());
+    if (t && t->label) return t->label(m);
+  }
   return m.dump();
 }
 
 std::unique_ptr<KVCachePolicy> make_policy(const nlohmann::json& m) {
-  if (m["key"]["type"] == "none" && m["value"]["type"] == "none" && !m.contains("policy"))
+  if (m.contains("policy")) {
+    const auto* t = find_method(m["policy"]["type"].get<std::string>());
+    if (t && t->make_policy) return t->make_policy(m);
+  } else if (m["key"]["type"] == "none" && m["value"]["type"] == "none") {
     return make_full_precision_policy();
+  }
   throw error("method {} has no cache policy implementation", m.dump());
+}
+
+std::shared_ptr<const TokenCodec> make_codec(const nlohmann::json& component) {
+  const std::string type = component.at("type").get<std::string>();
+  if (type == "none") return nullptr;
+  const auto* t = find_method(type);
+  if (!t || !t->make_codec) throw error("'{}' cannot be used as a key/value codec here", type);
+  return t->make_codec(component);
 }
 
 }  // namespace kvx

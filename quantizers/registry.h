@@ -21,6 +21,8 @@
 
 namespace kvx {
 
+class TokenCodec;  // core/cache/token_codec.h
+
 enum class ParamType { Int, Float, Bool, String, Enum };
 
 struct ParamSpec {
@@ -50,6 +52,22 @@ struct MethodTraits {
   bool needs_attention = false;  // wants the model's attention probabilities
   bool needs_calibration = false;
   bool fused_kernel = false;     // has a fused CUDA attention path
+
+  // Optional hooks (null when unused); rows that need them are built by a function in the
+  // method's own file (e.g. kvq_traits() in quantizers/kvq.cpp).
+  // Adjusts a component's given JSON before validation: aliases, role-dependent defaults.
+  // slot is "key", "value" or "policy".
+  void (*prepare)(nlohmann::json& given, const std::string& slot) = nullptr;
+  // Codecs: the policy filled in when the spec names none (e.g. kvq -> "segments").
+  const char* default_policy = nullptr;
+  // Codecs: builds the token codec from the resolved component.
+  std::shared_ptr<const TokenCodec> (*make_codec)(const nlohmann::json& component) = nullptr;
+  // Policies: checks the whole resolved spec (e.g. which codecs it accepts); throws ParamError.
+  void (*check)(const nlohmann::json& resolved) = nullptr;
+  // Policies: builds the cache policy from the resolved spec.
+  std::unique_ptr<KVCachePolicy> (*make_policy)(const nlohmann::json& resolved) = nullptr;
+  // Policies: short table label of the resolved spec (method_label).
+  std::string (*label)(const nlohmann::json& resolved) = nullptr;
 };
 
 const std::vector<MethodTraits>& method_table();
@@ -58,11 +76,17 @@ const MethodTraits* find_method(const std::string& name);
 // Defaults filled, every key validated; the result is canonical (sorted keys) and enters the
 // job key.
 nlohmann::json resolve_method(const nlohmann::json& spec);
-// "none", "kvq:k4v2", "kvq:k4v2:channel" ... -> spec (for `kvx eval --method`).
+// Shorthand -> (unresolved) spec, for `kvx eval --method`:
+//   none | fp16 | full
+//   kvq:k<bits>[c]v<bits>[c][:g<group>][:r<residual>][:s<sink>][:append|:sliding|:requantize_all]
+//       ('c' after a bit width = per-channel groups for that side, e.g. kvq:k2cv2)
+//   selective_int8[:s<sink>][:w<window>]     sink_window[:s<sink>][:w<window>]
 nlohmann::json parse_method_shorthand(const std::string& text);
-// Short human label for tables, e.g. "kvq k4v2 g64 r128".
+// Short human label for tables, e.g. "kvq k4c v2 g64 r128".
 std::string method_label(const nlohmann::json& resolved);
 // Build the cache policy for one sequence from a resolved spec.
 std::unique_ptr<KVCachePolicy> make_policy(const nlohmann::json& resolved);
+// Token codec of one resolved key/value component; nullptr for "none" (full precision).
+std::shared_ptr<const TokenCodec> make_codec(const nlohmann::json& component);
 
 }  // namespace kvx

@@ -18,12 +18,24 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
   // add_special: apply the post-processor (e.g. prepend BOS), as transformers' default.
+  // text must be valid UTF-8 (kvx::Error otherwise). Thread-safe.
   std::vector<int32_t> encode(const std::string& text, bool add_special = true) const;
+  // Ids not in the vocabulary are skipped, as Hugging Face does (models may pad their
+  // embedding past the tokenizer's vocabulary).
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
 
-  int32_t bos_id() const;  // -1 when the tokenizer has none
-  int32_t eos_id() const;  // -1 when unknown
-  int64_t vocab_size() const;
+  // BOS: the special token the post-processor puts first (what encode(add_special) prepends);
+  // when it prepends nothing, tokenizer_config.json's bos_token next to tokenizer.json; -1
+  // when neither exists. adds_bos() says whether encode(text, true) starts with it.
+  int32_t bos_id() const;
+  // EOS: tokenizer_config.json's eos_token, else the first of </s>, <|end_of_text|>,
+  // <|endoftext|>, <|im_end|> present; -1 when unknown.
+  int32_t eos_id() const;
+  bool adds_bos() const;
+  int64_t vocab_size() const;  // largest id of the vocabulary and added tokens, plus one
+
+  int32_t token_to_id(const std::string& token) const;  // -1 when absent
+  std::string id_to_token(int32_t id) const;            // raw token string; "" when absent
 
  private:
   struct Impl;

@@ -1,0 +1,20 @@
+// Symmetric absmax int8 quantization per (batch, head, token) vector (ALGORITHMS.md 1.5.2):
+//   a = max(max_i |x_i|, 1e-8), s = a/127 (fp32, stored), q = clamp(nearbyint(x/s), -127, 127),
+//   x̂ = q·s computed in fp32 and cast to the compute dtype.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace kvx {
+
+struct Int8Block {
+  at::Tensor codes;  // int8 [B, H, N, D]
+  at::Tensor scale;  // fp32 [B, H, N]
+  int64_t tokens() const { return codes.defined() ? codes.size(2) : 0; }
+  int64_t code_bits() const { return codes.defined() ? codes.numel() * 8 : 0; }
+  int64_t scale_bits() const { return scale.defined() ? scale.numel() * 32 : 0; }
+};
+
+Int8Block int8_quantize(const at::Tensor& x);                        // x: [B, H, N, D]
+at::Tensor int8_dequantize(const Int8Block& blk, at::ScalarType dtype);  // [B, H, N, D]
+
+}  // namespace kvx

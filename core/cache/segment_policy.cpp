@@ -1,0 +1,185 @@
+#include "core/cache/segment_policy.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/common/error.h"
+
+namespace kvx {
+namespace {
+
+at::Tensor cat_tokens(const std::vector<at::Tensor>& parts) {
+  std::vector<at::Tensor> keep;
+  for (const auto& p : parts)
+    if (p.defined() && p.size(2) > 0) keep.push_back(p);
+  if (keep.empty()) return at::Tensor();
+  if (keep.size() == 1) return keep[0];
+  return at::cat(keep, 2);
+}
+
+int64_t ntok(const at::Tensor& t) { return t.defined() ? t.size(2) : 0; }
+
+// One of K or V of one layer.
+struct Side {
+  at::Tensor sink, resid;  // full precision, compute dtype
+  std::vector<std::unique_ptr<CodedBlock>> body;
+
+  at::Tensor decode_body(at::ScalarType dtype) const {
+    std::vector<at::Tensor> parts;
+    for (const auto& b : body) parts.push_back(b->decode(dtype));
+    return cat_tokens(parts);
+  }
+  void account(const std::string& prefix, SegmentTally& t) const {
+    t.add(prefix + ".sink", sink.defined() ? sink.numel() : 0, fp_bits(sink));
+    for (const auto& b : body) b->account(prefix, t);
+    t.add(prefix + ".residual", resid.defined() ? resid.numel() : 0, fp_bits(resid));
+  }
+};
+
+class SegmentsPolicy final : public KVCachePolicy {
+ public:
+  explicit SegmentsPolicy(SegmentsConfig c) : cfg_(std::move(c)) {
+    if (!cfg_.key_codec) cfg_.key_codec = make_fp_codec();
+    if (!cfg_.value_codec) cfg_.value_codec = make_fp_codec();
+    if (cfg_.sink < 0 || cfg_.residual_length < 0)
+      throw error("segments policy: sink and residual_length must be >= 0 (got {}, {})", cfg_.sink,
+                  cfg_.residual_length);
+  }
+
+  void reset(const ModelInfo& m, int64_t batch) override {
+    info_ = m;
+    batch_ = batch;
+    layers_.clear();
+    layers_.resize(size_t(m.n_layers));
+    seen_ = 0;
+  }
+
+  AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new,
+                    const StepInfo& s) override {
+    if (layer < 0 || layer >= int(layers_.size()))
+      throw error("{} policy: layer {} out of range (model has {} layers; reset() first?)", cfg_.name,
+                  layer, layers_.size());
+    if (k_new.dim() != 4 || v_new.dim() != 4 || k_new.size(2) != v_new.size(2))
+      throw error("{} policy: keys/values must be [B, Hkv, n, D] with equal n", cfg_.name);
+    Layer& L = layers_[size_t(layer)];
+    if (s.pos0 != L.len)
+      throw error("{} policy: layer {} got a chunk at position {} but holds {} tokens (positions must be "
+                  "contiguous from 0 after reset)", cfg_.name, layer, s.pos0, L.len);
+    const int64_t n = k_new.size(2);
+    const at::ScalarType dt = k_new.scalar_type();
+
+    // Decoded once per call: used for the return value and, on a RequantizeAll flush, re-encoded.
+    const at::Tensor deq_k = L.k.decode_body(dt);
+    const at::Tensor deq_v = L.v.decode_body(v_new.scalar_type());
+
+    AttnInputs out;
+    out.k = cat_tokens({L.k.sink, deq_k, L.k.resid, k_new});
+    out.v = cat_tokens({L.v.sink, deq_v, L.v.resid, v_new});
+    const int64_t N = out.k.size(2);
+    out.key_pos = at::arange(L.len + n - N, L.len + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
+    out.n_cached = N - n;
+
+    // Store the chunk: positions < S to the sink, the rest by the flush rule.
+    const int64_t n_sink = std::clamp<int64_t>(cfg_.sink - L.len, 0, n);
+    if (n_sink > 0) {
+      L.k.sink = cat_tokens({L.k.sink, k_new.narrow(2, 0, n_sink)}).contiguous().clone();
+      L.v.sink = cat_tokens({L.v.sink, v_new.narrow(2, 0, n_sink)}).contiguous().clone();
+    }
+    if (n > n_sink) {
+      const at::Tensor rk = k_new.narrow(2, n_sink, n - n_sink);
+      const at::Tensor rv = v_new.narrow(2, n_sink, n - n_sink);
+      if (cfg_.flush == FlushMode::Sliding)
+        slide(L, rk, rv);
+      else
+        kvq_rule(L, rk, rv, deq_k, deq_v);
+    }
+    L.len += n;
+    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+    return out;
+  }
+
+  MemoryReport memory() const override {
+    SegmentTally t;
+    for (const auto& L : layers_) {
+      L.k.account("k", t);
+      L.v.account("v", t);
+    }
+    MemoryReport r;
+    t.to_report(r);
+    r.tokens_seen = seen_;
+    r.tokens_kept = seen_;
+    return r;
+  }
+
+  std::string name() const override { return cfg_.name; }
+
+ private:
+  struct Layer {
+    Side k, v;
+    int64_t len = 0;       // tokens held (= next position)
+    bool started = false;  // the body has been created (KVQ "first call" done)
+    bool open = false;     // KVQ residual_open
+  };
+
+  void kvq_rule(Layer& L, const at::Tensor& rk, const at::Tensor& rv, const at::Tensor& deq_k,
+                const at::Tensor& deq_v) {
+    if (!L.started) {
+      L.k.body.push_back(cfg_.key_codec->encode(rk));
+      L.v.body.push_back(cfg_.value_codec->encode(rv));
+      L.started = true;
+      L.open = false;
+      return;
+    }
+    if (L.open && ntok(L.k.resid) + 1 >= cfg_.residual_length) {
+      if (cfg_.flush == FlushMode::RequantizeAll) {
+        auto bk = cfg_.key_codec->encode(cat_tokens({deq_k, L.k.resid, rk}));
+        auto bv = cfg_.value_codec->encode(cat_tokens({deq_v, L.v.resid, rv}));
+        L.k.body.clear();
+        L.v.body.clear();
+        L.k.body.push_back(std::move(bk));
+        L.v.body.push_back(std::move(bv));
+      } else {
+        L.k.body.push_back(cfg_.key_codec->encode(cat_tokens({L.k.resid, rk})));
+        L.v.body.push_back(cfg_.value_codec->encode(cat_tokens({L.v.resid, rv})));
+      }
+      L.k.resid = at::Tensor();
+      L.v.resid = at::Tensor();
+      L.open = false;
+      return;
+    }
+    L.k.resid = cat_tokens({L.k.resid, rk}).contiguous().clone();
+    L.v.resid = cat_tokens({L.v.resid, rv}).contiguous().clone();
+    L.open = true;
+  }
+
+  void slide(Layer& L, const at::Tensor& rk, const at::Tensor& rv) {
+    at::Tensor k = cat_tokens({L.k.resid, rk});
+    at::Tensor v = cat_tokens({L.v.resid, rv});
+    const int64_t excess = k.size(2) - cfg_.residual_length;
+    if (excess > 0) {
+      L.k.body.push_back(cfg_.key_codec->encode(k.narrow(2, 0, excess)));
+      L.v.body.push_back(cfg_.value_codec->encode(v.narrow(2, 0, excess)));
+      k = k.narrow(2, excess, cfg_.residual_length);
+      v = v.narrow(2, excess, cfg_.residual_length);
+    }
+    // clone: the residual must not pin the caller's chunk or the old residual in memory
+    L.k.resid = k.contiguous().clone();
+    L.v.resid = v.contiguous().clone();
+  }
+
+  SegmentsConfig cfg_;
+  ModelInfo info_;
+  int64_t batch_ = 1;
+  std::vector<Layer> layers_;
+  int64_t seen_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<KVCachePolicy> make_segments_policy(SegmentsConfig cfg) {
+  return std::make_unique<SegmentsPolicy>(std::move(cfg));
+}
+
+}  // namespace kvx

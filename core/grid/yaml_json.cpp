@@ -1,0 +1,122 @@
+#include "core/grid/yaml_json.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "core/common/error.h"
+
+namespace kvx::grid {
+
+std::string child(const std::string& path, const std::string& key) { return path + "/" + key; }
+std::string child(const std::string& path, size_t index) { return path + "/" + std::to_string(index); }
+
+std::string YamlDoc::where(const std::string& path, bool prefer_key) const {
+  std::string p = path;
+  while (true) {
+    if (prefer_key) {
+      auto k = key_pos.find(p);
+      if (k != key_pos.end()) return fmt::format("{}:{}:{}", file, k->second.line, k->second.column);
+    }
+    auto v = value_pos.find(p);
+    if (v != value_pos.end()) return fmt::format("{}:{}:{}", file, v->second.line, v->second.column);
+    if (p.empty()) return fmt::format("{}:1:1", file);
+    p = p.substr(0, p.rfind('/'));
+  }
+}
+
+namespace {
+
+Pos pos_of(const YAML::Mark& m) {
+  if (m.is_null()) return {};
+  return {m.line + 1, m.column + 1};
+}
+
+nlohmann::json scalar(const YAML::Node& n) {
+  const std::string& s = n.Scalar();
+  if (n.Tag() == "!") return s;  // quoted: always a string
+  static const std::regex int_re("[-+]?[0-9]+");
+  static const std::regex float_re("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
+  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  if (std::regex_match(s, int_re)) {
+    try {
+      return static_cast<int64_t>(std::stoll(s));
+    } catch (...) {
+      return std::stod(s);
+    }
+  }
+  if (std::regex_match(s, float_re)) return std::stod(s);
+  return s;
+}
+
+struct Converter {
+  YamlDoc& doc;
+  nlohmann::json convert(const YAML::Node& n, const std::string& path) {
+    doc.value_pos[path] = pos_of(n.Mark());
+    switch (n.Type()) {
+      case YAML::NodeType::Null:
+      case YAML::NodeType::Undefined:
+        return nullptr;
+      case YAML::NodeType::Scalar:
+        return scalar(n);
+      case YAML::NodeType::Sequence: {
+        nlohmann::json out = nlohmann::json::array();
+        size_t i = 0;
+        for (const auto& c : n) out.push_back(convert(c, child(path, i++)));
+        return out;
+      }
+      case YAML::NodeType::Map: {
+        nlohmann::json out = nlohmann::json::object();
+        for (const auto& kv : n) {
+          if (!kv.first.IsScalar()) {
+            auto p = pos_of(kv.first.Mark());
+            throw error("{}:{}:{}: mapping keys must be plain names", doc.file, p.line, p.column);
+          }
+          std::string key = kv.first.Scalar();
+          std::string cp = child(path, key);
+          if (out.contains(key)) {
+            auto p = pos_of(kv.first.Mark());
+            throw error("{}:{}:{}: duplicate key '{}'", doc.file, p.line, p.column, key);
+          }
+          doc.key_pos[cp] = pos_of(kv.first.Mark());
+          out[key] = convert(kv.second, cp);
+        }
+        return out;
+      }
+    }
+    return nullptr;
+  }
+};
+
+}  // namespace
+
+YamlDoc parse_yaml(const std::string& text, const std::string& file_label) {
+  YamlDoc doc;
+  doc.file = file_label;
+  doc.text = text;
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    auto p = pos_of(e.mark);
+    if (p.line == 0) p = {1, 1};
+    throw error("{}:{}:{}: invalid YAML: {}", file_label, p.line, p.column, e.msg);
+  }
+  Converter c{doc};
+  doc.root = c.convert(root, "");
+  return doc;
+}
+
+YamlDoc load_yaml_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error("{}: cannot read the config file", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_yaml(ss.str(), path);
+}
+
+}  // namespace kvx::grid

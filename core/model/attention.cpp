@@ -1,0 +1,72 @@
+#include "core/model/attention.h"
+
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#include <cmath>
+
+#include "core/common/error.h"
+
+namespace kvx {
+namespace {
+
+std::string sizes_str(const at::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+// allowed[t, i]: may the query at absolute position pos0 + t use entry i?
+at::Tensor visibility(const AttnInputs& a, int64_t pos0, int64_t T, const AttentionOptions& opt) {
+  auto kp = a.key_pos.to(at::kLong).unsqueeze(0);                                          // [1, N]
+  auto qp = at::arange(pos0, pos0 + T, a.key_pos.options().dtype(at::kLong)).unsqueeze(1);  // [T, 1]
+  at::Tensor ok = kp <= qp;
+  if (a.window >= 0) ok = ok.logical_and((kp < a.sink).logical_or((qp - kp) < a.window));
+  if (opt.model_window > 0) ok = ok.logical_and((qp - kp) < opt.model_window);
+  return ok.logical_or(kp == -1);  // summaries are visible to every query
+}
+
+}  // namespace
+
+at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, int layer,
+                            const StepInfo& step, KVCachePolicy& cache, const AttentionOptions& opt,
+                            std::string& impl) {
+  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k_new.size(1);
+  const int64_t G = Hq / Hkv;
+  AttnInputs a = cache.update(layer, k_new, v_new, step);
+  if (!a.k.defined() || a.k.dim() != 4 || a.k.size(0) != B || a.k.size(1) != Hkv || a.k.size(3) != D ||
+      !a.v.defined() || !a.v.sizes().equals(a.k.sizes()) || !a.key_pos.defined() || a.key_pos.dim() != 1 ||
+      a.key_pos.size(0) != a.k.size(2))
+    throw error("cache policy '{}' returned malformed attention inputs at layer {}: expected k, v "
+                "[{}, {}, N, {}] and key_pos [N], got k {}, v {}, key_pos {}", cache.name(), layer, B, Hkv, D,
+                sizes_str(a.k), sizes_str(a.v), sizes_str(a.key_pos));
+  const int64_t N = a.k.size(2);
+  at::Tensor k = a.k.to(q.scalar_type()), v = a.v.to(q.scalar_type());
+  at::Tensor allowed = visibility(a, step.pos0, T, opt);  // [T, N]
+  // Query head h = kv*G + g; folding g into the token axis lets one matmul serve the group.
+  at::Tensor qg = q.reshape({B, Hkv, G * T, D});
+  at::Tensor out;  // [B, Hkv, G*T, D]
+
+#if TORCH_VERSION_MAJOR >= 2
+  if (q.is_cuda() && !cache.wants_attention()) {
+    const double def_scale = 1.0 / std::sqrt(double(D));
+    at::Tensor qs = std::abs(opt.scale - def_scale) > 1e-12 ? qg * (opt.scale / def_scale) : qg;
+    at::Tensor mask = allowed.repeat({G, 1});  // [G*T, N]: row g*T + t
+    out = at::scaled_dot_product_attention(qs, k, v, mask);
+    impl = "sdpa";
+    return out.reshape({B, Hq, T, D}).transpose(1, 2).reshape({B, T, Hq * D});
+  }
+#endif
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).to(at::kFloat).mul_(opt.scale);  // [B,Hkv,G*T,N]
+  scores = scores.view({B, Hkv, G, T, N});
+  scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores, -1);
+  if (cache.wants_attention()) cache.observe_attention(layer, probs.view({B, Hq, T, N}), step);
+  out = at::matmul(probs.view({B, Hkv, G * T, N}).to(q.scalar_type()), v);
+  impl = "matmul";
+  return out.view({B, Hq, T, D}).transpose(1, 2).reshape({B, T, Hq * D});
+}
+
+}  // namespace kvx

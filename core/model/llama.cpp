@@ -1,0 +1,101 @@
+// Llama-family forward (Llama, Mistral, Qwen2): RMSNorm, RoPE, GQA attention through the cache
+// policy, SwiGLU MLP. q/k/v and gate/up projections are fused at load (one matmul each).
+#include <c10/core/InferenceMode.h>
+
+#include "core/common/error.h"
+#include "core/model/attention.h"
+#include "core/model/model_impl.h"
+#include "core/model/rope.h"
+
+namespace kvx::detail {
+namespace {
+
+class LlamaModel final : public CausalLM {
+ public:
+  LlamaModel(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev)
+      : CausalLM(cfg, dir, dt, dev) {
+    const int64_t H = cfg.hidden_size, D = cfg.head_dim, Hq = cfg.n_heads, Hkv = cfg.n_kv_heads;
+    const int64_t I = cfg.intermediate_size, V = cfg.vocab_size;
+    auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ck.load(name, shape, dt, dev); };
+    embed_ = load("model.embed_tokens.weight", {V, H});
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      Layer L;
+      L.ln1 = load(p + "input_layernorm.weight", {H});
+      L.ln2 = load(p + "post_attention_layernorm.weight", {H});
+      L.wqkv = at::cat({load(p + "self_attn.q_proj.weight", {Hq * D, H}), load(p + "self_attn.k_proj.weight", {Hkv * D, H}),
+                        load(p + "self_attn.v_proj.weight", {Hkv * D, H})}, 0);
+      if (cfg.attention_bias)
+        L.bqkv = at::cat({load(p + "self_attn.q_proj.bias", {Hq * D}), load(p + "self_attn.k_proj.bias", {Hkv * D}),
+                          load(p + "self_attn.v_proj.bias", {Hkv * D})}, 0);
+      L.wo = load(p + "self_attn.o_proj.weight", {H, Hq * D});
+      if (cfg.o_bias) L.bo = load(p + "self_attn.o_proj.bias", {H});
+      L.wgu = at::cat({load(p + "mlp.gate_proj.weight", {I, H}), load(p + "mlp.up_proj.weight", {I, H})}, 0);
+      L.wd = load(p + "mlp.down_proj.weight", {H, I});
+      if (cfg.mlp_bias) {
+        L.bgu = at::cat({load(p + "mlp.gate_proj.bias", {I}), load(p + "mlp.up_proj.bias", {I})}, 0);
+        L.bd = load(p + "mlp.down_proj.bias", {H});
+      }
+      layers_.push_back(std::move(L));
+    }
+    norm_ = load("model.norm.weight", {H});
+    // Tied checkpoints usually omit lm_head.weight; an untied one must have it.
+    head_ = cfg.tie_word_embeddings ? embed_ : load("lm_head.weight", {V, H});
+    rope_ = std::make_unique<Rope>(D, cfg.rope, std::min<int64_t>(cfg.max_positions, 1 << 16), dev);
+    opt_.scale = 1.0 / std::sqrt(double(D));
+    opt_.model_window = cfg.sliding_window;
+  }
+
+  at::Tensor forward(const at::Tensor& ids_in, int64_t pos0, KVCachePolicy& cache) override {
+    c10::InferenceMode guard;
+    if (pos0 < 0) throw error("forward: pos0 must be >= 0, got {}", pos0);
+    at::Tensor ids = check_ids(ids_in, cfg_.vocab_size, device_);
+    const int64_t B = ids.size(0), T = ids.size(1);
+    const int64_t D = cfg_.head_dim, Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads, I = cfg_.intermediate_size;
+    StepInfo step;
+    step.pos0 = pos0;
+    step.n_new = T;
+    step.rope = rope_.get();
+    at::Tensor x = at::embedding(embed_, ids);  // [B, T, H]
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const Layer& L = layers_[l];
+      at::Tensor qkv = at::linear(rms_norm(x, L.ln1), L.wqkv, L.bqkv);
+      at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
+      at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+      at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
+      q = rope_->apply_range(q, pos0);
+      k = rope_->apply_range(k, pos0).contiguous();
+      at::Tensor a = cached_attention(q, k, v, static_cast<int>(l), step, cache, opt_, attn_impl_);
+      x = x + at::linear(a, L.wo, L.bo);
+      at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
+      x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.wd, L.bd);
+    }
+    cache.end_step(step);
+    return at::linear(rms_norm(x, norm_), head_).to(at::kFloat);
+  }
+
+ private:
+  // transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale.
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+    at::Tensor xf = x.to(at::kFloat);
+    xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + cfg_.norm_eps);
+    return w * xf.to(x.scalar_type());
+  }
+
+  struct Layer {
+    at::Tensor ln1, ln2, wqkv, bqkv, wo, bo, wgu, bgu, wd, bd;
+  };
+  at::Tensor embed_, norm_, head_;
+  std::vector<Layer> layers_;
+  AttentionOptions opt_;
+};
+
+}  // namespace
+
+std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
+                                     at::ScalarType dtype, at::Device device) {
+  c10::InferenceMode guard;
+  return std::make_shared<LlamaModel>(cfg, dir, ckpt, dtype, device);
+}
+
+}  // namespace kvx::detail

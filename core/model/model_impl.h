@@ -1,0 +1,19 @@
+// Internal to core/model: the per-architecture builders and shared helpers used by llama.cpp
+// and gpt2.cpp. Not part of the public interface.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
+
+namespace kvx::detail {
+
+std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
+                                     at::ScalarType dtype, at::Device device);
+std::shared_ptr<CausalLM> make_gpt2(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
+                                    at::ScalarType dtype, at::Device device);
+
+// Validates ids ([B, T] integer, values in [0, vocab)) and moves them to the model device.
+at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device);
+
+}  // namespace kvx::detail

@@ -1,0 +1,254 @@
+#include "experiments/decode_bench.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+
+#include "core/common/error.h"
+#include "core/kernels/packed_kv.h"
+
+namespace kvx {
+
+ModelShape model_shape(const std::string& s) {
+  static const std::vector<ModelShape> known = {
+      {"llama3-8b", 32, 32, 8, 128, 4096, 14336, 128256},
+      {"llama2-7b", 32, 32, 32, 128, 4096, 11008, 32000},
+      {"mistral-7b", 32, 32, 8, 128, 4096, 14336, 32000},
+      {"qwen2-7b", 28, 28, 4, 128, 3584, 18944, 152064},
+  };
+  for (const auto& k : known)
+    if (k.name == s) return k;
+  std::ifstream f(s);
+  if (!f) throw error("unknown model shape '{}' (known: llama3-8b, llama2-7b, mistral-7b, qwen2-7b, or a config.json path)", s);
+  nlohmann::json c;
+  try {
+    c = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    throw error("{}: not valid JSON: {}", s, e.what());
+  }
+  try {
+    ModelShape m{s, c.at("num_hidden_layers"), c.at("num_attention_heads"),
+                 c.value("num_key_value_heads", c.at("num_attention_heads").get<int64_t>()), 0,
+                 c.at("hidden_size"), c.at("intermediate_size"), c.at("vocab_size")};
+    m.head_dim = c.value("head_dim", m.hidden / m.heads);
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw error("{}: missing or invalid field for a Llama-family shape: {}", s, e.what());
+  }
+}
+
+namespace {
+
+struct Method {
+  std::string label;
+  int kbits = 16, vbits = 16, group = 64;
+};
+
+Method parse_bench_method(const std::string& s) {
+  if (s == "fp16" || s == "none") return {"fp16", 16, 16, 0};
+  std::smatch m;
+  static const std::regex re(R"(kvq:k(\d)v(\d)(?::g(\d+))?)");
+  if (!std::regex_match(s, m, re)) throw error("bench method '{}': expected fp16 or kvq:k<bits>v<bits>[:g<group>]", s);
+  Method r{s, std::stoi(m[1]), std::stoi(m[2]), m[3].matched ? std::stoi(m[3]) : 64};
+  for (int b : {r.kbits, r.vbits})
+    if (b != 2 && b != 4 && b != 8) throw error("bench method '{}': bits must be 2, 4 or 8", s);
+  return r;
+}
+
+void sync(const at::Device& d) {
+  if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).item<float>();
+}
+
+// Median wall time in microseconds of fn over iters runs (after two warm-ups).
+template <typename F>
+double time_us(const at::Device& dev, int iters, F&& fn) {
+  fn();
+  fn();
+  sync(dev);
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    auto a = std::chrono::steady_clock::now();
+    fn();
+    sync(dev);
+    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One layer's cache for a method: packed body + fp16 residual, or a dense fp16 cache.
+struct LayerCache {
+  kernels::PackedBlock k, v;
+  at::Tensor k_fp, v_fp;  // [B, Hkv, T or R, D]
+  int64_t bytes() const {
+    auto nb = [](const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; };
+    return k.bytes() + v.bytes() + nb(k_fp) + nb(v_fp);
+  }
+};
+
+LayerCache make_cache(const Method& m, const ModelShape& s, int64_t B, int64_t T, int64_t R, const at::Device& dev) {
+  auto opt = at::TensorOptions().device(dev).dtype(at::kBFloat16);
+  LayerCache c;
+  if (m.kbits == 16) {
+    c.k_fp = at::randn({B, s.kv_heads, T, s.head_dim}, opt);
+    c.v_fp = at::randn({B, s.kv_heads, T, s.head_dim}, opt);
+    return c;
+  }
+  const int64_t Tq = (T - R) / m.group * m.group;
+  c.k = kernels::quantize_pack(at::randn({B, s.kv_heads, Tq, s.head_dim}, opt), m.kbits, m.group, true);
+  c.v = kernels::quantize_pack(at::randn({B, s.kv_heads, Tq, s.head_dim}, opt), m.vbits, m.group, false);
+  c.k_fp = at::randn({B, s.kv_heads, T - Tq, s.head_dim}, opt);
+  c.v_fp = at::randn({B, s.kv_heads, T - Tq, s.head_dim}, opt);
+  return c;
+}
+
+// fp16 baseline attention through Torch: GQA decode as [B, Hkv, rep, D] queries over
+// [B, Hkv, T, D] keys (no causal mask needed for the newest token).
+at::Tensor torch_attention(const at::Tensor& q, const LayerCache& c, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = c.k_fp.size(1);
+  auto qg = q.view({B, Hkv, Hq / Hkv, D});
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(qg, c.k_fp, c.v_fp, {}, 0.0, false, scale).reshape({B, Hq, D});
+#else
+  auto p = at::softmax(at::matmul(qg, c.k_fp.transpose(2, 3)).mul(scale).to(at::kFloat), -1).to(q.scalar_type());
+  return at::matmul(p, c.v_fp).reshape({B, Hq, D});
+#endif
+}
+
+at::Tensor attend(const Method& m, const at::Tensor& q, const LayerCache& c, double scale, bool fused_dense) {
+  if (m.kbits == 16) {
+#ifdef KVX_WITH_CUDA
+    if (fused_dense && q.is_cuda()) return kernels::cuda::decode_attention_dense(q, c.k_fp, c.v_fp, scale);
+#endif
+    return torch_attention(q, c, scale);
+  }
+  return kernels::decode_attention(q, c.k, c.v, c.k_fp, c.v_fp, scale);
+}
+
+// Random-weight decoder layer stack at the model's shape; weights of one layer are reused by all
+// layers (the bytes streamed per layer are the same as a real model's).
+struct Weights {
+  at::Tensor qkv, o, gate_up, down, lm_head, norm;
+};
+
+double decode_step_us(const Method& m, const ModelShape& s, const Weights& w, std::vector<LayerCache>& caches,
+                      int64_t B, const at::Device& dev, int iters, bool fused_dense) {
+  const double scale = 1.0 / std::sqrt(double(s.head_dim));
+  auto x0 = at::randn({B, s.hidden}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
+  const int64_t qd = s.heads * s.head_dim, kd = s.kv_heads * s.head_dim;
+  return time_us(dev, iters, [&] {
+    auto x = x0;
+    for (int64_t l = 0; l < s.layers; ++l) {
+      auto h = x * at::rsqrt(x.to(at::kFloat).pow(2).mean(-1, true) + 1e-5).to(x.scalar_type()) * w.norm;
+      auto qkv = at::matmul(h, w.qkv);
+      auto q = qkv.narrow(1, 0, qd).view({B, s.heads, s.head_dim});
+      auto a = attend(m, q, caches[l], scale, fused_dense).to(x.scalar_type()).reshape({B, qd});
+      (void)kd;
+      x = x + at::matmul(a, w.o);
+      auto h2 = x * at::rsqrt(x.to(at::kFloat).pow(2).mean(-1, true) + 1e-5).to(x.scalar_type()) * w.norm;
+      auto gu = at::matmul(h2, w.gate_up);
+      x = x + at::matmul(at::silu(gu.narrow(1, 0, s.intermediate)) * gu.narrow(1, s.intermediate, s.intermediate), w.down);
+    }
+    (void)at::matmul(x, w.lm_head).argmax(-1);
+  });
+}
+
+}  // namespace
+
+nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
+  const ModelShape s = model_shape(opt.shape);
+  if (opt.device != "cpu" && !at::hasCUDA()) throw error("bench decode: no CUDA device (use --device cpu for a small CPU run)");
+  const at::Device dev(opt.device == "cpu" ? "cpu" : "cuda");
+  const int64_t B = opt.batch, T = opt.context;
+  const double scale = 1.0 / std::sqrt(double(s.head_dim));
+  auto bopt = at::TensorOptions().device(dev).dtype(at::kBFloat16);
+
+  nlohmann::json out;
+  out["shape"] = s.name;
+  out["context"] = T;
+  out["batch"] = B;
+  out["device"] = dev.is_cuda() ? "cuda" : "cpu";
+  {  // copy bandwidth of the device: read + write bytes per second
+    auto a = at::empty({int64_t(1) << 29}, bopt.dtype(at::kFloat)), b = at::empty_like(a);
+    double us = time_us(dev, opt.iters, [&] { b.copy_(a); });
+    out["copy_bandwidth_gbs"] = 2.0 * a.numel() * 4 / us / 1e3;
+  }
+  auto q = at::randn({B, s.heads, s.head_dim}, bopt);
+
+  std::vector<Method> methods = {{"fp16-sdpa", 16, 16, 0}, {"fp16-fused", 16, 16, 0}};
+  for (const auto& m : opt.methods) methods.push_back(parse_bench_method(m));
+  Weights w;
+  if (opt.end_to_end) {
+    w.qkv = at::randn({s.hidden, (s.heads + 2 * s.kv_heads) * s.head_dim}, bopt) * 0.02;
+    w.o = at::randn({s.heads * s.head_dim, s.hidden}, bopt) * 0.02;
+    w.gate_up = at::randn({s.hidden, 2 * s.intermediate}, bopt) * 0.02;
+    w.down = at::randn({s.intermediate, s.hidden}, bopt) * 0.02;
+    w.lm_head = at::randn({s.hidden, s.vocab}, bopt) * 0.02;
+    w.norm = at::ones({s.hidden}, bopt);
+  }
+  double base_attn = 0, base_step = 0;
+  for (const auto& m : methods) {
+    const bool fused_dense = m.label == "fp16-fused";
+    nlohmann::json row;
+    row["method"] = m.label;
+    LayerCache c = make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev);
+    double us = time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); });
+    row["attn_us"] = us;
+    row["kv_bytes_per_layer"] = c.bytes();
+    row["bandwidth_gbs"] = double(c.bytes()) / us / 1e3;
+    row["bandwidth_frac_of_copy"] = row["bandwidth_gbs"].get<double>() / out["copy_bandwidth_gbs"].get<double>();
+    row["kernel_path"] = m.kbits == 16 ? (fused_dense && dev.is_cuda() ? "fused" : "torch") : kernels::decode_attention_path(q);
+    if (m.label == "fp16-sdpa") base_attn = us;
+    row["attn_speedup_vs_sdpa"] = base_attn / us;
+    if (m.kbits != 16) {  // appending: quantize one group of new tokens, amortized per token
+      auto fresh = at::randn({B, s.kv_heads, m.group, s.head_dim}, bopt);
+      double qus = time_us(dev, opt.iters, [&] {
+        (void)kernels::quantize_pack(fresh, m.kbits, m.group, true);
+        (void)kernels::quantize_pack(fresh, m.vbits, m.group, false);
+      });
+      row["append_us_per_token_per_layer"] = qus / m.group;
+    }
+    if (opt.end_to_end) {
+      std::vector<LayerCache> caches;
+      caches.push_back(std::move(c));
+      for (int64_t l = 1; l < s.layers; ++l) caches.push_back(make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev));
+      double step = decode_step_us(m, s, w, caches, B, dev, std::max(3, opt.iters / 4), fused_dense);
+      if (row.contains("append_us_per_token_per_layer"))
+        step += row["append_us_per_token_per_layer"].get<double>() * s.layers;  // amortized flush cost
+      row["decode_step_us"] = step;
+      row["decode_tok_s"] = double(B) / step * 1e6;
+      if (m.label == "fp16-sdpa") base_step = step;
+      row["decode_speedup_vs_sdpa"] = base_step / step;
+      if (row.contains("append_us_per_token_per_layer"))
+        row["append_frac_of_step"] = row["append_us_per_token_per_layer"].get<double>() * s.layers / step;
+      row["kv_bytes_total"] = c.bytes() * s.layers;
+    }
+    out["rows"].push_back(row);
+    if (dev.is_cuda()) sync(dev);
+  }
+  return out;
+}
+
+std::string format_decode_bench(const nlohmann::json& r) {
+  std::string s = fmt::format("decode bench: {} batch {} context {} on {} (copy bandwidth {:.0f} GB/s)\n",
+                              r["shape"].get<std::string>(), r["batch"].get<int64_t>(), r["context"].get<int64_t>(),
+                              r["device"].get<std::string>(), r["copy_bandwidth_gbs"].get<double>());
+  s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>12} {:>10} {:>9} {:>10}\n", "method", "attn_us", "GB/s",
+                   "%copy", "x sdpa", "KV MB/layer", "tok/s", "x sdpa", "append%");
+  for (const auto& row : r["rows"]) {
+    auto num = [&](const char* k, const char* f) {
+      return row.contains(k) ? fmt::format(fmt::runtime(f), row[k].get<double>()) : std::string("-");
+    };
+    s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>12.1f} {:>10} {:>9} {:>10}\n", row["method"].get<std::string>(),
+                     num("attn_us", "{:.1f}"), num("bandwidth_gbs", "{:.0f}"), num("bandwidth_frac_of_copy", "{:.2f}"),
+                     num("attn_speedup_vs_sdpa", "{:.2f}"), row["kv_bytes_per_layer"].get<int64_t>() / 1048576.0,
+                     num("decode_tok_s", "{:.1f}"), num("decode_speedup_vs_sdpa", "{:.2f}"),
+                     num("append_frac_of_step", "{:.3f}"));
+  }
+  return s;
+}
+
+}  // namespace kvx

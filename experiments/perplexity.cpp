@@ -1,0 +1,176 @@
+#include "experiments/perplexity.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <mutex>
+
+#include "core/common/error.h"
+#include "core/model/model.h"
+#include "core/tokenizer/tokenizer.h"
+#include "experiments/dataset_adapter.h"
+#include "experiments/model_cache.h"
+#include "experiments/text_windows.h"
+
+namespace kvx {
+namespace {
+
+std::vector<ParamSpec> perplexity_params() {
+  return {
+      {"seq_len", ParamType::Int, 512, 2, 1e9, {}, "window length in tokens (BOS included when add_bos)"},
+      {"stride", ParamType::Int, 0, 0, 1e9, {}, "tokens between window starts; 0 = non-overlapping"},
+      {"chunk", ParamType::Int, 32, 1, 1e9, {}, "tokens per forward call; 1 = token-by-token decoding"},
+      {"warmup", ParamType::Int, 0, 0, 1e9, {}, "window positions < warmup are fed but not scored"},
+      {"max_windows", ParamType::Int, 0, 0, 1e12, {}, "evaluate only the first N windows; 0 = all"},
+      {"add_bos", ParamType::Bool, false, -1e300, 1e300, {}, "start every window with the BOS token"},
+      {"dtype", ParamType::Enum, "float32", -1e300, 1e300, {"float32", "bfloat16", "float16"},
+       "compute dtype of the model (float16 needs CUDA)"},
+  };
+}
+
+// Dataset tokens without BOS, memoized per (tokenizer folder, dataset path, content hash).
+std::shared_ptr<const std::vector<int32_t>> text_tokens(const std::string& model_dir, const Tokenizer& tok,
+                                                         const nlohmann::json& dataset) {
+  if (!dataset.is_object() || !dataset.contains("path") || !dataset["path"].is_string())
+    throw error("job: 'dataset' must be a mapping with a string 'path'");
+  const std::string path = dataset["path"].get<std::string>();
+  const std::string key = model_dir + "|" + path + "|" + dataset.value("hash", std::string());
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<const std::vector<int32_t>>> memo;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = memo.find(key);
+    if (it != memo.end()) return it->second;
+  }
+  auto ids = std::make_shared<const std::vector<int32_t>>(tok.encode(load_stream(path, DatasetOptions{}), false));
+  std::lock_guard<std::mutex> lock(mu);
+  memo[key] = ids;
+  return ids;
+}
+
+nlohmann::json run_perplexity(const nlohmann::json& job, JobContext& ctx) {
+  const auto& p = job.at("protocol");
+  const auto& spec = job.at("model");
+  if (!spec.is_object() || !spec.contains("path") || !spec["path"].is_string())
+    throw error("job: 'model' must be a mapping with a string 'path'");
+  const std::string dir = spec["path"].get<std::string>();
+  std::unique_ptr<ModelCache> own;
+  ModelCache* models = ctx.models;
+  if (!models) models = (own = make_model_cache()).get();
+  auto model = models->get(spec, ctx.device, pstr(p, "dtype"));
+  auto tok = load_tokenizer_cached(dir);
+  auto ids = text_tokens(dir, *tok, job.at("dataset"));
+
+  PerplexityOptions o;
+  o.seq_len = pint(p, "seq_len");
+  o.stride = pint(p, "stride");
+  o.chunk = pint(p, "chunk");
+  o.warmup = pint(p, "warmup");
+  o.max_windows = pint(p, "max_windows");
+  o.add_bos = pbool(p, "add_bos");
+  o.bos_id = tok->bos_id();
+  const nlohmann::json method = job.contains("method") ? job["method"] : resolve_method(parse_method_shorthand("none"));
+  auto m = perplexity_over_tokens(*model, *ids, o, method, &ctx);
+  m["dataset_tokens"] = int64_t(ids->size());
+  return m;
+}
+
+std::string scalar_name(at::ScalarType t) { return std::string(c10::toString(t)); }
+
+}  // namespace
+
+nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t>& ids, const PerplexityOptions& o,
+                                      const nlohmann::json& method, JobContext* ctx) {
+  c10::InferenceMode guard;
+  const int64_t bos = o.add_bos ? 1 : 0;
+  if (o.add_bos && o.bos_id < 0) throw error("perplexity: add_bos is set but the tokenizer has no BOS token");
+  if (o.seq_len < 2 + bos) throw error("perplexity: seq_len must be at least {}, got {}", 2 + bos, o.seq_len);
+  const int64_t text_len = o.seq_len - bos;  // text tokens per window
+  const int64_t stride = o.stride > 0 ? o.stride : text_len;
+  const int64_t chunk = std::max<int64_t>(1, o.chunk);
+  const auto windows = cut_windows(int64_t(ids.size()), text_len, stride, o.max_windows);
+  // Overlapping windows score only the tokens the previous window did not reach.
+  const int64_t fresh_from = stride < text_len ? text_len - stride + bos : 0;
+
+  double nll_sum = 0;
+  int64_t scored = 0, forwarded = 0;
+  double kv_sum = 0, bpv_sum = 0, retained_sum = 0;
+  int64_t kv_max = 0, offload_max = 0, side_max = 0;
+  const ModelInfo info = model.info();
+  std::vector<int32_t> win(o.seq_len);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  for (size_t w = 0; w < windows.size(); ++w) {
+    if (ctx) check_cancel(*ctx, double(w) / double(windows.size()));
+    if (o.add_bos) win[0] = o.bos_id;
+    std::copy(ids.begin() + windows[w].begin, ids.begin() + windows[w].begin + text_len, win.begin() + bos);
+    const int64_t first_scored = std::max<int64_t>({1, o.warmup, w > 0 ? fresh_from : 0});
+    auto policy = make_policy(method);
+    policy->reset(info, 1);
+    for (int64_t c0 = 0; c0 < o.seq_len; c0 += chunk) {
+      const int64_t n = std::min(chunk, o.seq_len - c0);
+      at::Tensor logits = model.forward(ids_tensor(win.data() + c0, n).to(model.device()), c0, *policy)[0];
+      forwarded += n;
+      // logits row j predicts window position c0 + j + 1.
+      const int64_t j0 = std::max<int64_t>(0, first_scored - 1 - c0);
+      const int64_t j1 = std::min<int64_t>(n, o.seq_len - 1 - c0);
+      if (!at::isfinite(logits).all().item<bool>()) {
+        at::Tensor bad = at::isfinite(logits).all(-1).logical_not().nonzero();
+        throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(), w,
+                    c0 + bad[0][0].item<int64_t>(), method_label(method));
+      }
+      if (j1 <= j0) continue;
+      at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
+      at::Tensor tgt = ids_tensor(win.data() + c0 + j0 + 1, j1 - j0)[0].to(lp.device());
+      nll_sum -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum().item<double>();
+      scored += j1 - j0;
+    }
+    const MemoryReport r = policy->memory();
+    kv_sum += double(r.device_bytes());
+    kv_max = std::max(kv_max, r.device_bytes());
+    bpv_sum += r.bpv(info, 1);
+    retained_sum += r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
+    offload_max = std::max(offload_max, (r.offload_bits() + 7) / 8);
+    side_max = std::max(side_max, (r.side_bits() + 7) / 8);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (ctx && ctx->progress) ctx->progress(1.0);
+  if (scored == 0) throw error("perplexity: no token was scored (warmup {} >= seq_len {}?)", o.warmup, o.seq_len);
+
+  const double nw = double(windows.size());
+  const double nll = nll_sum / double(scored);
+  const double bpv = bpv_sum / nw;
+  nlohmann::json m;
+  m["ppl"] = require_finite(std::exp(nll), "perplexity");
+  m["nll"] = nll;
+  m["tokens_scored"] = scored;
+  m["windows"] = int64_t(windows.size());
+  m["tokens_forwarded"] = forwarded;
+  m["eval_seconds"] = seconds;
+  m["tokens_per_s"] = seconds > 0 ? double(forwarded) / seconds : 0.0;
+  m["attention_impl"] = model.attention_impl();
+  m["kernel_path"] = model.device().is_cpu() ? std::string("cpu") : model.attention_impl();
+  m["compute_dtype"] = scalar_name(model.dtype());
+  m["kv_bytes"] = kv_sum / nw;
+  m["kv_bytes_max"] = kv_max;
+  m["bpv"] = bpv;
+  m["compression_ratio"] = bpv > 0 ? 16.0 / bpv : 0.0;
+  m["retained_fraction"] = retained_sum / nw;
+  m["offload_bytes"] = offload_max;
+  m["side_bytes"] = side_max;
+  return m;
+}
+
+ProtocolTraits perplexity_protocol() {
+  ProtocolTraits t;
+  t.name = "perplexity";
+  t.summary = "perplexity over seq_len-token windows fed in chunks through the compressed cache";
+  t.params = perplexity_params();
+  t.run = run_perplexity;
+  return t;
+}
+
+}  // namespace kvx

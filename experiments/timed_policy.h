@@ -1,0 +1,58 @@
+// A KVCachePolicy decorator that profiles a forward pass from the cache's side, with no model
+// changes: time inside the wrapped policy's update() / observe_attention() / end_step() (where
+// compression methods quantize, dequantize and evict) and the wall time of the transformer
+// layers (from layer 0's update() to end_step()), split into prefill (chunks of more than one
+// token) and decode (one-token steps). The caller times whole forward calls; what the layers do
+// not cover (embedding, LM head, sampling) is the difference.
+// On CUDA every measured call synchronizes the device first and last, so times are the work's
+// own (profiling only: it serializes the stream).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "core/cache/kv_cache_policy.h"
+
+namespace kvx {
+
+struct PolicyTimes {
+  double prefill_cache_s = 0, decode_cache_s = 0;    // inside the policy
+  double prefill_layers_s = 0, decode_layers_s = 0;  // layer 0 update() .. end_step()
+  int64_t prefill_steps = 0, decode_steps = 0;
+};
+
+class TimedPolicy final : public KVCachePolicy {
+ public:
+  explicit TimedPolicy(KVCachePolicy& inner) : inner_(inner) {}
+  explicit TimedPolicy(std::unique_ptr<KVCachePolicy> owned) : owned_(std::move(owned)), inner_(*owned_) {}
+  void reset(const ModelInfo& m, int64_t batch) override;
+  AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override;
+  bool wants_attention() const override { return inner_.wants_attention(); }
+  void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) override;
+  void end_step(const StepInfo& s) override;
+  MemoryReport memory() const override { return inner_.memory(); }
+  std::string name() const override { return inner_.name(); }
+
+  const PolicyTimes& times() const { return times_; }
+  void clear() { times_ = PolicyTimes{}; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  void sync() const;
+  void add_cache(const StepInfo& s, Clock::time_point t0);
+  std::unique_ptr<KVCachePolicy> owned_;
+  KVCachePolicy& inner_;
+  at::Device device_ = at::kCPU;
+  Clock::time_point step_start_;
+  PolicyTimes times_;
+};
+
+// prof_* metrics. prefill_s / decode_s: the caller's wall times of prefill and decode forward
+// calls (pass a negative decode_s when the caller cannot split them; total goes in prefill_s).
+void write_profile(nlohmann::json& metrics, const PolicyTimes& t, double prefill_s, double decode_s);
+// The same as a short human-readable table (for `--profile` on the command line).
+std::string format_profile(const PolicyTimes& t, double prefill_s, double decode_s);
+
+}  // namespace kvx

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Build kvx, run the quickstart sweep on the embedded model and print its report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build.sh
+build/kvx run configs/quickstart.yaml
+build/kvx report results/kvx.db --sweep quickstart --rows method --metric ppl --baseline method=fp16

@@ -1,0 +1,166 @@
+// Packed-KV kernels: the CPU reference against ALGORITHMS.md's worked examples and an
+// independent naive attention; the CUDA kernels against the CPU reference (skipped without CUDA).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/kernels/packed_kv.h"
+
+namespace kk = kvx::kernels;
+
+namespace {
+
+std::vector<int> unpack_codes(const kk::PackedBlock& b) {
+  auto c = b.codes.to(at::kCPU).contiguous();
+  const int cpw = 32 / b.bits;
+  std::vector<int> out;
+  const auto* p = reinterpret_cast<const uint32_t*>(c.data_ptr<int32_t>());
+  for (int64_t w = 0; w < c.numel(); ++w)
+    for (int i = 0; i < cpw; ++i) out.push_back(int((p[w] >> (i * b.bits)) & ((1u << b.bits) - 1)));
+  return out;
+}
+
+}  // namespace
+
+// ALGORITHMS.md 4.7, per-token, b = 4, G = 4 (padded with a zero group to fill a 32-bit word).
+TEST(PackedKVRef, WorkedExamplePerToken4Bit) {
+  auto x = at::tensor({0.10f, -0.50f, 0.90f, 0.30f, 2.00f, 1.00f, -1.00f, 0.45f}).view({1, 1, 1, 8});
+  auto b = kk::ref::quantize_pack(x, 4, 4, false);
+  auto codes = unpack_codes(b);
+  EXPECT_EQ(codes, (std::vector<int>{6, 0, 15, 9, 15, 10, 0, 7}));
+  auto y = kk::ref::dequantize(b, at::kFloat).flatten();
+  const float want[] = {0.06f, -0.50f, 0.90f, 0.34f, 2.0f, 1.0f, -1.0f, 0.40f};
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(y[i].item<float>(), want[i], 2e-3) << i;  // fp16 scales
+}
+
+// Same vector, b = 2 (16 channels so that codes fill one word; the extra groups are zeros).
+TEST(PackedKVRef, WorkedExamplePerToken2Bit) {
+  auto x = at::zeros({1, 1, 1, 16});
+  x.flatten().narrow(0, 0, 8).copy_(at::tensor({0.10f, -0.50f, 0.90f, 0.30f, 2.00f, 1.00f, -1.00f, 0.45f}));
+  auto b = kk::ref::quantize_pack(x, 2, 4, false);
+  auto codes = unpack_codes(b);
+  EXPECT_EQ(std::vector<int>(codes.begin(), codes.begin() + 8), (std::vector<int>{1, 0, 3, 2, 3, 2, 0, 1}));
+  auto y = kk::ref::dequantize(b, at::kFloat).flatten();
+  const float want[] = {-0.033333f, -0.5f, 0.9f, 0.433333f, 2.f, 1.f, -1.f, 0.f};
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(y[i].item<float>(), want[i], 2e-3) << i;
+}
+
+// Per-channel, 4 tokens x 2 channels, b = 2, G = 4 (channels 2..15 are zero padding).
+TEST(PackedKVRef, WorkedExamplePerChannel) {
+  auto x = at::zeros({1, 1, 4, 16});
+  x.select(3, 0).copy_(at::tensor({1.f, 2.f, 3.f, 4.f}).view({1, 1, 4}));
+  x.select(3, 1).copy_(at::tensor({-1.f, 0.5f, 0.2f, 0.f}).view({1, 1, 4}));
+  auto b = kk::ref::quantize_pack(x, 2, 4, true);
+  auto codes = unpack_codes(b);  // token-major, 16 codes per token
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(codes[t * 16 + 0], t);
+    EXPECT_EQ(codes[t * 16 + 1], (std::vector<int>{0, 3, 2, 2})[t]);
+  }
+  auto y = kk::ref::dequantize(b, at::kFloat);
+  const float ch1[] = {-1.f, 0.5f, 0.f, 0.f};
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_NEAR(y[0][0][t][0].item<float>(), float(t + 1), 1e-3);
+    EXPECT_NEAR(y[0][0][t][1].item<float>(), ch1[t], 1e-3);
+  }
+}
+
+TEST(PackedKVRef, RoundTripErrorWithinHalfScale) {
+  at::manual_seed(1);
+  for (int bits : {2, 4, 8})
+    for (bool pc : {false, true})
+      for (int g : {32, 64, 128}) {
+        auto x = at::randn({2, 3, 128, 128});
+        auto b = kk::ref::quantize_pack(x, bits, g, pc);
+        auto y = kk::ref::dequantize(b, at::kFloat);
+        // scale per element, broadcast back to [B, H, T, D]
+        auto s = b.scale.to(at::kFloat);
+        s = pc ? s.repeat_interleave(g, 2) : s.repeat_interleave(std::min(g, 128), 3);
+        auto excess = ((x - y).abs() - s / 2).max().item<float>();
+        // fp16 storage of scale and min adds at most a few ulps of the group's range
+        EXPECT_LT(excess, 2e-3 * x.abs().max().item<float>()) << bits << " " << pc << " " << g;
+      }
+}
+
+// Independent attention: scalar loops in double over the dequantized cache.
+TEST(PackedKVRef, DecodeAttentionMatchesNaiveLoops) {
+  at::manual_seed(2);
+  const int B = 2, Hkv = 2, rep = 3, D = 128, T = 64, R = 5;
+  auto q = at::randn({B, Hkv * rep, D});
+  auto k = kk::ref::quantize_pack(at::randn({B, Hkv, T, D}), 4, 32, true);
+  auto v = kk::ref::quantize_pack(at::randn({B, Hkv, T, D}), 2, 32, false);
+  auto kr = at::randn({B, Hkv, R, D}), vr = at::randn({B, Hkv, R, D});
+  auto out = kk::ref::decode_attention(q, k, v, kr, vr, 1.0 / std::sqrt(double(D)));
+  auto K = at::cat({kk::ref::dequantize(k, at::kFloat), kr}, 2), V = at::cat({kk::ref::dequantize(v, at::kFloat), vr}, 2);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hkv * rep; ++h) {
+      std::vector<double> s(T + R);
+      double mx = -1e300, sum = 0;
+      for (int t = 0; t < T + R; ++t) {
+        double acc = 0;
+        for (int d = 0; d < D; ++d) acc += double(q[b][h][d].item<float>()) * K[b][h / rep][t][d].item<float>();
+        s[t] = acc / std::sqrt(double(D));
+        mx = std::max(mx, s[t]);
+      }
+      for (auto& x : s) sum += (x = std::exp(x - mx));
+      for (int d = 0; d < D; d += 17) {
+        double o = 0;
+        for (int t = 0; t < T + R; ++t) o += s[t] / sum * V[b][h / rep][t][d].item<float>();
+        EXPECT_NEAR(out[b][h][d].item<float>(), o, 1e-4);
+      }
+    }
+}
+
+#ifdef KVX_WITH_CUDA
+TEST(PackedKVCuda, QuantizeMatchesReferenceExactly) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(3);
+  for (int bits : {2, 4, 8})
+    for (bool pc : {false, true})
+      for (int g : {32, 64, 128}) {
+        auto x = at::randn({2, 4, 256, 128}).to(at::kBFloat16).to(at::kFloat);
+        auto c = kk::quantize_pack(x.cuda(), bits, g, pc);
+        auto r = kk::ref::quantize_pack(x, bits, g, pc);
+        EXPECT_TRUE(at::equal(c.codes.cpu(), r.codes)) << bits << pc << g;
+        EXPECT_TRUE(at::equal(c.scale.cpu(), r.scale)) << bits << pc << g;
+        EXPECT_TRUE(at::equal(c.minv.cpu(), r.minv)) << bits << pc << g;
+        EXPECT_TRUE(at::allclose(kk::dequantize(c, at::kFloat).cpu(), kk::ref::dequantize(r, at::kFloat)));
+      }
+}
+
+TEST(PackedKVCuda, FusedAttentionMatchesReference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(4);
+  int cases = 0;
+  for (auto [bk, bv] : std::vector<std::pair<int, int>>{{2, 2}, {4, 4}, {8, 8}, {4, 2}, {2, 4}})
+    for (int g : {32, 64, 128})
+      for (int rep : {1, 3, 4, 8})
+        for (auto [T, R] : std::vector<std::pair<int, int>>{{0, 33}, {g, 0}, {g * 3, 1}, {g * 37, 77}}) {
+          const int B = 2, Hkv = 2, D = 128;
+          auto q = at::randn({B, Hkv * rep, D}).cuda();
+          kk::PackedBlock k, v;
+          if (T > 0) {
+            k = kk::quantize_pack(at::randn({B, Hkv, T, D}).cuda(), bk, g, true);
+            v = kk::quantize_pack(at::randn({B, Hkv, T, D}).cuda(), bv, g, false);
+          }
+          at::Tensor kr, vr;
+          if (R > 0) {
+            kr = at::randn({B, Hkv, R, D}).to(at::kBFloat16).cuda();
+            vr = at::randn({B, Hkv, R, D}).to(at::kBFloat16).cuda();
+          }
+          const double sc = 1.0 / std::sqrt(double(D));
+          auto fused = kk::decode_attention(q, k, v, kr, vr, sc).cpu();
+          auto cpu_k = k, cpu_v = v;
+          if (T > 0) {
+            cpu_k.codes = k.codes.cpu(); cpu_k.scale = k.scale.cpu(); cpu_k.minv = k.minv.cpu();
+            cpu_v.codes = v.codes.cpu(); cpu_v.scale = v.scale.cpu(); cpu_v.minv = v.minv.cpu();
+          }
+          auto ref = kk::ref::decode_attention(q.cpu(), cpu_k, cpu_v, R > 0 ? kr.cpu() : kr, R > 0 ? vr.cpu() : vr, sc);
+          EXPECT_LT((fused - ref).abs().max().item<float>(), 2e-3)
+              << "bits " << bk << "/" << bv << " g " << g << " rep " << rep << " T " << T << " R " << R;
+          ++cases;
+        }
+  std::printf("fused attention cases checked: %d\n", cases);
+}
+#endif
