@@ -1,9 +1,11 @@
 #include "experiments/calibrate_aqua.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <random>
 #include <fstream>
 #include <sstream>
 
@@ -89,15 +91,13 @@ CalibrateResult calibrate_aqua(const CalibrateOptions& o) {
   const auto ids = tok.encode(text, true);
   if (int64_t(ids.size()) <= seqlen)
     throw error("{}: corpus has {} tokens, fewer than seqlen + 1 = {}", o.corpus, ids.size(), seqlen + 1);
-  higgs::NormalRng rng(o.seed);  // only its uniform stream matters; seeded, reproducible
   std::mt19937_64 pick(o.seed);
   std::vector<int64_t> starts;
   for (int64_t i = 0; i < o.nsamples; ++i)
     starts.push_back(int64_t(pick() % uint64_t(int64_t(ids.size()) - seqlen)));
-  (void)rng;
 
   // 2. propagation (full precision), capture pre-RoPE K and V rows per layer
-  std::vector<std::vector<at::Tensor>> Ks(size_t(L)), Vs(size_t(L));
+  std::vector<std::vector<at::Tensor>> Ks(static_cast<size_t>(L)), Vs(static_cast<size_t>(L));
   at::NoGradGuard no_grad;
   for (int64_t i = 0; i < o.nsamples; ++i) {
     auto x = at::empty({1, seqlen}, at::kLong);
@@ -204,7 +204,7 @@ CalibrateResult calibrate_aqua(const CalibrateOptions& o) {
   if (auto parent = std::filesystem::path(o.out).parent_path(); !parent.empty())
     std::filesystem::create_directories(parent);
   higgs::write_predictor_file(o.out, ps, o.force);
-  return {o.out, ps.attrs, M};
+  return {o.out, ps.attrs, M, ps};
 }
 
 std::string calibration_key(const CalibrateOptions& o) {

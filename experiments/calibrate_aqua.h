@@ -22,6 +22,7 @@
 #include <functional>
 #include <string>
 
+#include "core/higgs/predictor_file.h"
 #include "quantizers/aqua.h"
 
 namespace kvx {
@@ -46,6 +47,7 @@ struct CalibrateResult {
   std::string path;
   nlohmann::json attrs;
   std::map<std::string, std::vector<double>> metrics;
+  higgs::PredictorSet predictors;  // exactly what was written
 };
 
 CalibrateResult calibrate_aqua(const CalibrateOptions& o);

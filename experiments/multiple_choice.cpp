@@ -28,6 +28,7 @@ McChoiceScore score_choice(CausalLM& model, const Tokenizer& tok, KVCachePolicy&
     sum += at::log_softmax(logits[Lq - 1].to(at::kDouble), -1)[c[Lq]].item<double>();
   });
   if (question_memory) *question_memory = policy.memory();
+  s.question_paper_bpv = qaq_paper_bpv(policy);
   if (n - Lq > 1) {
     feed_more(model, policy, c.data() + Lq, n - Lq - 1, Lq, 0, [&](int64_t, const at::Tensor& logits) {
       at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);  // [n-Lq-1, V]
@@ -78,7 +79,7 @@ nlohmann::json run_multiple_choice(const nlohmann::json& job, JobContext& ctx) {
       choice_tokens += s.choice_tokens;
       bpv_sum += mem.bpv(jm.model->info(), 1);
       bytes_max = std::max(bytes_max, double(mem.device_bytes()));
-      const double pb = qaq_paper_bpv(*policy);
+      const double pb = s.question_paper_bpv;
       if (std::isfinite(pb)) paper_sum += pb, ++paper_n;
     }
     correct += best == q.label;

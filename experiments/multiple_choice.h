@@ -33,6 +33,7 @@ struct McChoiceScore {
   double score = 0;          // length-normalised log-likelihood
   int64_t choice_tokens = 0;
   bool prefix_ok = true;     // the context's tokens are a prefix of the candidate's
+  double question_paper_bpv = 0;  // qaq_paper_bpv after pass 1 (NaN for non-QAQ policies)
 };
 
 // Two-pass score of one choice; question_memory (optional) receives policy.memory() after pass 1.

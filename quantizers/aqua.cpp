@@ -143,8 +143,10 @@ std::shared_ptr<const AquaRowCodec> aqua_first_codec(const AquaSettings& s, int6
 
 nlohmann::json aqua_quantizer_identity(const AquaSettings& s, int64_t C) {
   nlohmann::json id;
-  for (const auto& [k, v] : aqua_body_codec(s, C)->identity().items()) id["quantizer_" + k] = v;
-  for (const auto& [k, v] : aqua_first_codec(s, C)->identity().items()) id["first_quantizer_" + k] = v;
+  // Keep the identities alive while iterating (items() only references its object).
+  const nlohmann::json body = aqua_body_codec(s, C)->identity(), first = aqua_first_codec(s, C)->identity();
+  for (auto it = body.begin(); it != body.end(); ++it) id["quantizer_" + it.key()] = it.value();
+  for (auto it = first.begin(); it != first.end(); ++it) id["first_quantizer_" + it.key()] = it.value();
   return id;
 }
 

@@ -68,6 +68,7 @@ class SegmentsPolicy final : public KVCachePolicy {
       throw error("{} policy: layer {} got a chunk at position {} but holds {} tokens (positions must be "
                   "contiguous from 0 after reset)", cfg_.name, layer, s.pos0, L.len);
     const int64_t n = k_new.size(2);
+    if (n == 0) throw error("{} policy: update() with an empty chunk (layer {})", cfg_.name, layer);
     const at::ScalarType dt = k_new.scalar_type();
 
     // Decoded once per call: used for the return value and, on a RequantizeAll flush, re-encoded.

@@ -219,18 +219,21 @@ PredictorSet read_predictor_file(const std::string& path) {
 }
 
 void check_predictors(const PredictorSet& p, const nlohmann::json& expect, const std::string& path) {
+  std::string diffs;
   for (auto it = expect.begin(); it != expect.end(); ++it) {
-    if (!p.attrs.contains(it.key()))
-      throw error("{}: predictor file lacks attribute '{}' (expected {})", path, it.key(), it.value().dump());
+    if (!p.attrs.contains(it.key())) {
+      diffs += fmt::format("\n  {}: missing in the file (this run: {})", it.key(), it.value().dump());
+      continue;
+    }
     const auto& have = p.attrs[it.key()];
     const bool equal = (have.is_number() && it.value().is_number()) ? have.get<double>() == it.value().get<double>()
                                                                      : have == it.value();
-    if (!equal)
-      throw error("{}: predictors were fitted with {} = {}, but this run uses {} = {}; predictors are "
-                  "specific to the model and quantizer they were fitted with: recalibrate "
-                  "(kvx calibrate) for these settings",
-                  path, it.key(), have.dump(), it.key(), it.value().dump());
+    if (!equal) diffs += fmt::format("\n  {}: file {} vs this run {}", it.key(), have.dump(), it.value().dump());
   }
+  if (!diffs.empty())
+    throw error("{}: predictors were fitted for another model shape or quantizer; recalibrate (kvx calibrate) "
+                "with these settings. Differences:{}",
+                path, diffs);
 }
 
 std::string describe_h5(const std::string& path) {

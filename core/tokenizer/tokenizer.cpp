@@ -2,6 +2,7 @@
 // -> BPE -> post-processor, and decodes through the decoder chain (see tokenizer.h).
 #include "core/tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>

@@ -166,7 +166,8 @@ TEST_F(AquaWithPredictors, FileForAnotherQuantizerOrShapeIsRefused) {
     p->reset(info(L_, H_, D_), 1);
     FAIL() << "expected a kvx::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("quantizer_n"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("quantizer_n: file 16 vs this run 64"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("recalibrate"), std::string::npos) << e.what();
   }
   auto q = make_aqua_policy(settings_from({{"type", "aqua"}, {"predictors", path_}}));
   EXPECT_THROW(q->reset(info(L_ + 1, H_, D_), 1), Error);

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <vector>
 
+#include "core/common/error.h"
 #include "core/higgs/grid.h"
 #include "core/higgs/hadamard.h"
 #include "core/higgs/higgs_quantizer.h"

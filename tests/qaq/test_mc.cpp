@@ -128,16 +128,16 @@ TEST(MultipleChoice, ProtocolRunsQaqOneShotOnHandMadePiqa) {
   nlohmann::json job;
   job["model"] = {{"path", src("data/models/small-code-llama")}};
   job["dataset"] = {{"path", src("data/mc/piqa_mini.jsonl")}};
-  job["protocol"] = resolve_protocol({{"name", "multiple_choice"}, {"n_questions", 5}});
+  job["protocol"] = resolve_protocol({{"name", "multiple_choice"}, {"n_questions", 2}});
   job["method"] = resolve_method({{"key", {{"type", "qaq"}, {"target_quantization_error", 10.0}}},
                                   {"value", {{"type", "qaq"}, {"target_quantization_error", 10.0}}},
                                   {"policy", {{"type", "qaq_cache"}, {"schedule", "one_shot"}}}});
   auto m = run_job(job, ctx);
-  EXPECT_EQ(m["n_questions"], 5);
+  EXPECT_EQ(m["n_questions"], 2);
   EXPECT_GE(m["accuracy"].get<double>(), 0.0);
   EXPECT_LE(m["accuracy"].get<double>(), 1.0);
   EXPECT_LT(m["bpv"].get<double>(), 8.0);  // the question cache is quantized (max 4 bits + metadata)
-  EXPECT_GT(m["paper_compression_ratio"].get<double>(), 2.0);
+  EXPECT_GT(m["paper_compression_ratio"].get<double>(), 16.0 / 6.5);  // at most 4 bits + stats
   // full precision on the same questions: bpv 16, no paper_bpv
   job["method"] = resolve_method({{"key", "none"}, {"value", "none"}});
   auto f = run_job(job, ctx);

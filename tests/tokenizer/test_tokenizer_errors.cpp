@@ -6,6 +6,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "core/common/error.h"
 #include "core/tokenizer/tokenizer.h"
 #include "tests/tokenizer/tokenizer_test_util.h"
 

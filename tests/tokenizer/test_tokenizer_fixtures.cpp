@@ -11,6 +11,7 @@
 //    "'s" and "Ġcat" have no merge path (reachable only through ignore_merges).
 #include <gtest/gtest.h>
 
+#include "core/common/error.h"
 #include "core/tokenizer/tokenizer.h"
 #include "tests/tokenizer/tokenizer_test_util.h"
 
