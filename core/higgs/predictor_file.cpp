@@ -4,6 +4,7 @@
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 #include <hdf5.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <functional>
@@ -157,7 +158,8 @@ void write_predictor_file(const std::string& path, const PredictorSet& p, bool f
   if (std::filesystem::exists(path) && !force)
     throw error("{}: file exists; pass --force to overwrite it", path);
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const std::string tmp = path + ".tmp";
+  // Unique temporary name: two workers calibrating the same key never write one file.
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     H f(checked(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp, "create the file"), H5Fclose);
     for (auto it = p.attrs.begin(); it != p.attrs.end(); ++it) write_attr(f, it.key(), it.value(), path);

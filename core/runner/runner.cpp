@@ -198,6 +198,12 @@ int run_sweep(const RunOptions& opt) {
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
 
   while (!children.empty()) {
+    if (g_signal && !stopping) {
+      stopping = true;
+      std::fprintf(stderr, "\nkvx: stopping (signal %d): running jobs go back to pending\n", (int)g_signal);
+      for (const auto& [p, c] : children) kill(p, SIGTERM);
+      stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    }
     int status_code = 0;
     pid_t pid = waitpid(-1, &status_code, WNOHANG);
     if (pid > 0) {
@@ -207,6 +213,16 @@ int run_sweep(const RunOptions& opt) {
       children.erase(it);
       const std::string who = host_prefix() + std::to_string(pid);
       bool clean = WIFEXITED(status_code) && WEXITSTATUS(status_code) == 0;
+      // A worker stopped by Ctrl-C / SIGTERM (exit 130) means the user stops the sweep.
+      bool interrupted = (WIFEXITED(status_code) && WEXITSTATUS(status_code) == 130) ||
+                         (WIFSIGNALED(status_code) && (WTERMSIG(status_code) == SIGINT || WTERMSIG(status_code) == SIGTERM));
+      if (interrupted && !stopping) {
+        stopping = true;
+        if (!g_signal) g_signal = SIGINT;
+        std::fprintf(stderr, "\nkvx: stopping (a worker was interrupted): running jobs go back to pending\n");
+        for (const auto& [p, c2] : children) kill(p, SIGTERM);
+        stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+      }
       if (stopping) {
         store.release_worker_jobs(who);
       } else if (!clean) {
@@ -219,12 +235,6 @@ int run_sweep(const RunOptions& opt) {
         }
       }
       continue;
-    }
-    if (g_signal && !stopping) {
-      stopping = true;
-      std::fprintf(stderr, "\nkvx: stopping (signal %d): running jobs go back to pending\n", (int)g_signal);
-      for (const auto& [p, c] : children) kill(p, SIGTERM);
-      stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
     }
     if (stopping && std::chrono::steady_clock::now() > stop_deadline) {
       for (const auto& [p, c] : children) kill(p, SIGKILL);

@@ -156,7 +156,7 @@ TEST_F(RunTest, RefusesForeignDatabaseUnchanged) {
 TEST_F(RunTest, FailingAndNanJobsAreRecordedWhileTheSweepGoesOn) {
   auto cfg = config("fails", "retries: 2\nworkers: 2\nprotocols:\n"
                              "  - {name: noop, value: [1, 2]}\n"
-                             "include:\n  - {protocol.fail: true, protocol.value: 3}\n  - {protocol.nan: true}\n");
+                             "include:\n  - {protocol.fail: true, protocol.value: 3}\n  - {protocol.nan: true, protocol.value: 0}\n");
   auto r = kvx("run " + quote(cfg));
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_EQ(query(db, "SELECT status, attempts, failures, error FROM jobs ORDER BY status, error"),

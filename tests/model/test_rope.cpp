@@ -30,7 +30,7 @@ TEST(Rope, InverseUndoesApplyAtAnyPosition) {
   Rope rope(64, cfg, 128, at::kCPU);
   at::manual_seed(1);
   at::Tensor x = at::randn({2, 3, 5, 64});
-  at::Tensor pos = at::tensor({int64_t(0), 7, 100, 127, 4000});  // 4000 is past the table
+  at::Tensor pos = at::tensor(std::vector<int64_t>{0, 7, 100, 127, 4000});  // 4000 is past the table
   at::Tensor y = rope.apply(x, pos, false);
   EXPECT_GT((y - x).abs().max().item<float>(), 0.1f);
   at::Tensor back = rope.apply(y, pos, true);

@@ -34,6 +34,7 @@ TEST(QaqCompare, SmallCodeLlamaPerplexityEnvelope) {
   const char* dev = std::getenv("KVX_QAQ_DEVICE");
   const char* grid = std::getenv("KVX_QAQ_GRID");
   const bool full = grid && std::string(grid) == "full";
+  const bool tiny = grid && (std::string(grid) == "tiny" || std::string(grid) == "extra");  // a dozen jobs: the note's CPU table
   auto cache = make_model_cache();
   JobContext ctx;
   ctx.models = cache.get();
@@ -42,10 +43,11 @@ TEST(QaqCompare, SmallCodeLlamaPerplexityEnvelope) {
   base["model"] = {{"path", src("data/models/small-code-llama")}};
   base["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
   base["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 512}, {"chunk", 32},
-                                       {"max_windows", full ? 4 : 2}});
+                                       {"max_windows", full ? 4 : tiny ? 1 : 2}});
   std::vector<std::pair<std::string, nlohmann::json>> methods;
   methods.push_back({"fp16", {{"key", "none"}, {"value", "none"}}});
-  for (auto kv : std::vector<std::pair<int, int>>{{8, 8}, {4, 4}, {4, 2}, {2, 4}, {2, 2}})
+  for (auto kv : tiny ? std::vector<std::pair<int, int>>{{4, 4}, {4, 2}, {2, 2}}
+                      : std::vector<std::pair<int, int>>{{8, 8}, {4, 4}, {4, 2}, {2, 4}, {2, 2}})
     methods.push_back({"kvq", {{"key", {{"type", "kvq"}, {"bits", kv.first}}}, {"value", {{"type", "kvq"}, {"bits", kv.second}}}}});
   auto qaq = [](nlohmann::json p) {
     nlohmann::json k = p, v = p;
@@ -54,7 +56,7 @@ TEST(QaqCompare, SmallCodeLlamaPerplexityEnvelope) {
   };
   for (int b : {1, 2, 3, 4})
     for (double r : {0.0, 0.01})
-      methods.push_back({"qaq-uniform", qaq({{"use_attentions", false}, {"n_bits_uniform", b}, {"outliers_ratio", r}})});
+      if (!tiny || (r > 0 && b <= 2)) methods.push_back({"qaq-uniform", qaq({{"use_attentions", false}, {"n_bits_uniform", b}, {"outliers_ratio", r}})});
   const std::vector<std::string> levels = full ? std::vector<std::string>{"head", "token"} : std::vector<std::string>{"head"};
   const std::vector<std::pair<int, int>> minmax =
       full ? std::vector<std::pair<int, int>>{{0, 2}, {0, 3}, {0, 4}, {1, 2}, {1, 3}, {1, 4}, {2, 2}, {2, 3}, {2, 4}}
@@ -65,10 +67,17 @@ TEST(QaqCompare, SmallCodeLlamaPerplexityEnvelope) {
         for (double tau : {1.0, 3.0, 10.0, 30.0})
           for (auto mm : minmax) {
             if (!full && r == 0.0 && w == 1) continue;
+            if (tiny && (r == 0.0 || mm != std::pair<int, int>{1, 4} || tau == 3.0)) continue;
             methods.push_back({"qaq-" + level + "-w" + std::to_string(w) + (r > 0 ? "" : "-r0"),
                                qaq({{"level", level}, {"outliers_ratio", r}, {"last_n_attentions", w},
                                     {"target_quantization_error", tau}, {"n_bits_min", mm.first}, {"n_bits_max", mm.second}})});
           }
+  if (grid && std::string(grid) == "extra") {  // below the upstream targets and with 2-bit floor
+    methods.resize(1);
+    for (auto [tau, lo] : std::vector<std::pair<double, int>>{{0.1, 1}, {0.3, 1}, {1.0, 2}, {10.0, 2}})
+      methods.push_back({"qaq-head-w5-extra", qaq({{"last_n_attentions", 5}, {"target_quantization_error", tau},
+                                                   {"n_bits_min", lo}, {"n_bits_max", 4}})});
+  }
   std::vector<Row> rows;
   std::ofstream out;
   if (const char* o = std::getenv("KVX_QAQ_OUT")) out.open(o);
