@@ -60,8 +60,9 @@ TEST(GenerationProtocol, FullPrecisionAgreesWithItself) {
   EXPECT_DOUBLE_EQ(m["rouge_l_ref"].get<double>(), m["rouge_l_ref_fp16"].get<double>());
   EXPECT_GT(m["decode_tok_s"].get<double>(), 0.0);
   EXPECT_GT(m["prefill_tok_s"].get<double>(), 0.0);
-  // 6 layers · 1 batch · 4 kv heads · 64 dims · (48 + 7 cached tokens) · 2 (K, V) · 4 bytes (fp32)
-  EXPECT_EQ(m["kv_bytes_max"].get<int64_t>(), 6 * 4 * 64 * 55 * 2 * 4);
+  // 6 layers · 1 batch · 4 kv heads · 64 dims · (48 prompt + 7 decoded tokens cached) · 2 (K, V)
+  // · 2 bytes (the full-precision policy accounts values as fp16, ALGORITHMS.md 1.4).
+  EXPECT_EQ(m["kv_bytes_max"].get<int64_t>(), 6 * 4 * 64 * 55 * 2 * 2);
   for (const char* k : {"prof_prefill_s", "prof_decode_s", "prof_prefill_cache_s", "prof_decode_cache_s",
                         "prof_prefill_layers_other_s", "prof_decode_layers_other_s", "prof_prefill_rest_s",
                         "prof_decode_rest_s"})

@@ -27,10 +27,11 @@ TEST(KlMath, TwoPointHandComputed) {
   EXPECT_NEAR(kl[0].item<double>(), 0.1438410362, 1e-9);
 }
 
-// KL is not symmetric: KL(q || p) = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.1308120632.
+// KL is not symmetric: KL(q || p) = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.1308120359.
 TEST(KlMath, Asymmetric) {
   at::Tensor kl = kl_per_token(logits_of({{0.25, 0.75}}), logits_of({{0.5, 0.5}}));
-  EXPECT_NEAR(kl[0].item<double>(), 0.1308120632, 1e-9);
+  EXPECT_NEAR(kl[0].item<double>(), 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-12);
+  EXPECT_NEAR(kl[0].item<double>(), 0.1308120359, 1e-9);
 }
 
 // p = [0.7, 0.2, 0.1] against uniform logits [0, 0, 0]:
@@ -97,10 +98,11 @@ TEST(KlProtocol, FullPrecisionIsZeroAndTwoBitIsNot) {
   const nlohmann::json proto = {{"name", "kl_divergence"}, {"seq_len", 64}, {"chunk", 16}, {"max_windows", 1}};
   auto job = test::make_job("tiny-gpt2", proto, {{"key", "none"}, {"value", "none"}}, test::wikitext());
   nlohmann::json m = run_job(job, test::context());
-  EXPECT_DOUBLE_EQ(m["kl_mean"].get<double>(), 0.0);
+  // Two passes of the same computation: equal up to thread-order rounding in the matmuls.
+  EXPECT_LT(m["kl_mean"].get<double>(), 1e-9);
   EXPECT_DOUBLE_EQ(m["top1_agreement"].get<double>(), 1.0);
   EXPECT_EQ(m["tokens_scored"].get<int64_t>(), 63);
-  EXPECT_DOUBLE_EQ(m["ppl"].get<double>(), m["ppl_ref"].get<double>());
+  EXPECT_NEAR(m["ppl"].get<double>(), m["ppl_ref"].get<double>(), 1e-6 * m["ppl_ref"].get<double>());
 
   auto job2 = test::make_job("tiny-gpt2", proto, parse_method_shorthand("kvq:k2v2:r0"), test::wikitext());
   nlohmann::json m2 = run_job(job2, test::context());
