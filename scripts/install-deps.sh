@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libtorch-dev libcli11-dev libyaml-cpp-dev libfmt-dev libhdf5-dev libsqlite3-dev
   libomp-dev libgtest-dev libbenchmark-dev libpcre2-dev nlohmann-json3-dev sqlite3
+  libopenblas0-pthread  # Debian's libtorch uses whatever libblas.so.3 is: OpenBLAS is ~50x the reference BLAS
 )
 missing=()
 for p in "${packages[@]}"; do
