@@ -14,6 +14,8 @@
 #include "experiments/dataset_adapter.h"
 #include "experiments/model_cache.h"
 #include "experiments/text_windows.h"
+#include "quantizers/aqua.h"
+#include "quantizers/qaq.h"
 
 namespace kvx {
 namespace {
@@ -97,7 +99,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
 
   double nll_sum = 0;
   int64_t scored = 0, forwarded = 0;
-  double kv_sum = 0, bpv_sum = 0, retained_sum = 0;
+  double kv_sum = 0, bpv_sum = 0, retained_sum = 0, body_bpv_sum = 0, paper_bpv_sum = 0;
   int64_t kv_max = 0, offload_max = 0, side_max = 0;
   const ModelInfo info = model.info();
   std::vector<int32_t> win(o.seq_len);
@@ -132,6 +134,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     kv_sum += double(r.device_bytes());
     kv_max = std::max(kv_max, r.device_bytes());
     bpv_sum += r.bpv(info, 1);
+    body_bpv_sum += aqua_body_bpv(r);        // 0 for methods without AQUA blocks
+    paper_bpv_sum += qaq_paper_bpv(*policy);  // NaN for non-QAQ policies
     retained_sum += r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
     offload_max = std::max(offload_max, (r.offload_bits() + 7) / 8);
     side_max = std::max(side_max, (r.side_bits() + 7) / 8);
@@ -159,6 +163,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["bpv"] = bpv;
   m["compression_ratio"] = bpv > 0 ? 16.0 / bpv : 0.0;
   m["retained_fraction"] = retained_sum / nw;
+  if (body_bpv_sum > 0) m["body_bpv"] = body_bpv_sum / nw;
+  if (std::isfinite(paper_bpv_sum)) m["paper_bpv"] = paper_bpv_sum / nw;
   m["offload_bytes"] = offload_max;
   m["side_bytes"] = side_max;
   return m;
