@@ -138,7 +138,7 @@ double decode_step_us(const Method& m, const ModelShape& s, const Weights& w, st
                       int64_t B, const at::Device& dev, int iters, bool fused_dense) {
   const double scale = 1.0 / std::sqrt(double(s.head_dim));
   auto x0 = at::randn({B, s.hidden}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
-  const int64_t qd = s.heads * s.head_dim, kd = s.kv_heads * s.head_dim;
+  const int64_t qd = s.heads * s.head_dim;
   return time_us(dev, iters, [&] {
     auto x = x0;
     for (int64_t l = 0; l < s.layers; ++l) {
@@ -146,7 +146,6 @@ double decode_step_us(const Method& m, const ModelShape& s, const Weights& w, st
       auto qkv = at::matmul(h, w.qkv);
       auto q = qkv.narrow(1, 0, qd).view({B, s.heads, s.head_dim});
       auto a = attend(m, q, caches[l], scale, fused_dense).to(x.scalar_type()).reshape({B, qd});
-      (void)kd;
       x = x + at::matmul(a, w.o);
       auto h2 = x * at::rsqrt(x.to(at::kFloat).pow(2).mean(-1, true) + 1e-5).to(x.scalar_type()) * w.norm;
       auto gu = at::matmul(h2, w.gate_up);
@@ -212,6 +211,7 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       row["append_us_per_token_per_layer"] = qus / m.group;
     }
     if (opt.end_to_end) {
+      row["kv_bytes_total"] = c.bytes() * s.layers;  // before `c` moves into the layer list
       std::vector<LayerCache> caches;
       caches.push_back(std::move(c));
       for (int64_t l = 1; l < s.layers; ++l) caches.push_back(make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev));
@@ -224,7 +224,6 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       row["decode_speedup_vs_sdpa"] = base_step / step;
       if (row.contains("append_us_per_token_per_layer"))
         row["append_frac_of_step"] = row["append_us_per_token_per_layer"].get<double>() * s.layers / step;
-      row["kv_bytes_total"] = c.bytes() * s.layers;
     }
     out["rows"].push_back(row);
     if (dev.is_cuda()) sync(dev);

@@ -4,21 +4,18 @@
 
 namespace kvx {
 
-int64_t MemoryReport::device_bits() const {
+namespace {
+int64_t bits_of_kind(const std::vector<MemorySegment>& segs, MemorySegment::Kind kind) {
   int64_t b = 0;
-  for (const auto& s : segments) b += s.kind == MemorySegment::kDevice ? s.bits : 0;
+  for (const auto& s : segs) b += s.kind == kind ? s.bits : 0;
   return b;
 }
-int64_t MemoryReport::offload_bits() const {
-  int64_t b = 0;
-  for (const auto& s : segments) b += s.kind == MemorySegment::kOffload ? s.bits : 0;
-  return b;
-}
-int64_t MemoryReport::side_bits() const {
-  int64_t b = 0;
-  for (const auto& s : segments) b += s.kind == MemorySegment::kSide ? s.bits : 0;
-  return b;
-}
+}  // namespace
+
+int64_t MemoryReport::device_bits() const { return bits_of_kind(segments, MemorySegment::kDevice); }
+int64_t MemoryReport::offload_bits() const { return bits_of_kind(segments, MemorySegment::kOffload); }
+int64_t MemoryReport::side_bits() const { return bits_of_kind(segments, MemorySegment::kSide); }
+
 double MemoryReport::bpv(const ModelInfo& m, int64_t batch) const {
   double denom = 2.0 * m.n_layers * batch * m.n_kv_heads * m.head_dim * double(tokens_seen);
   return denom > 0 ? double(device_bits()) / denom : 0.0;
