@@ -8,6 +8,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "core/common/error.h"
 #include "core/runner/environment.h"
 #include "core/store/store.h"
+#include "experiments/calibrate_aqua.h"
 #include "experiments/model_cache.h"
 #include "experiments/protocol.h"
 
@@ -80,6 +82,11 @@ std::string first_line(const std::string& s) {
   return out;
 }
 
+std::string calibration_dir(const std::string& db) {
+  const auto parent = std::filesystem::path(db).parent_path();
+  return ((parent.empty() ? std::filesystem::path(".") : parent) / "calibration").string();
+}
+
 void check_finite(const nlohmann::json& m, const std::string& path) {
   if (m.is_number_float() && !std::isfinite(m.get<double>()))
     throw error("metric value is {}{}", std::isnan(m.get<double>()) ? "NaN" : "infinite",
@@ -132,7 +139,12 @@ int run_worker(const WorkerOptions& opt) {
     {
       Heartbeat hb(beat_store, job->key, me, beat_every);
       try {
-        metrics = run_job(job->job, ctx);
+        // `predictors: auto` calibrates on first use and caches the HDF5 next to the database,
+        // keyed by model, corpus and quantizer settings; the job key keeps "auto".
+        nlohmann::json job_spec = job->job;
+        job_spec["method"] = prepare_aqua_method(job_spec.at("method"), job->model_path, calibration_dir(opt.db),
+                                                 ctx.device, job_spec.at("protocol").value("dtype", "float32"));
+        metrics = run_job(job_spec, ctx);
         if (!metrics.is_object()) throw error("protocol returned {} instead of a metrics object", metrics.type_name());
         check_finite(metrics, "");
       } catch (const std::exception& e) {
