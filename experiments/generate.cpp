@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -43,19 +44,24 @@ int32_t pick(const at::Tensor& logits_in, const GenerateOptions& opt, std::mt199
 }  // namespace
 
 std::vector<int32_t> generate_continuation(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
-                                           const GenerateOptions& opt) {
+                                           const GenerateOptions& opt, GenerateTimes* times) {
   c10::InferenceMode guard;
   if (prompt.empty()) throw error("generate: the prompt has no tokens");
+  using Clock = std::chrono::steady_clock;
   std::mt19937_64 rng(opt.seed);
   policy.reset(model.info(), 1);
   const int64_t n = int64_t(prompt.size());
+  auto t0 = Clock::now();
   at::Tensor logits = model.forward(as_ids(prompt.data(), n, model.device()), 0, policy);
   std::vector<int32_t> out;
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t next = pick(logits[0][logits.size(1) - 1], opt, rng);
+    const int32_t next = pick(logits[0][logits.size(1) - 1], opt, rng);  // copies to the host: synchronizes
+    if (times) (i == 0 ? times->prefill_s : times->decode_s) += std::chrono::duration<double>(Clock::now() - t0).count();
     out.push_back(next);
     if (next == opt.stop_id || i + 1 == opt.max_new_tokens) break;
+    t0 = Clock::now();
     logits = model.forward(as_ids(&next, 1, model.device()), n + i, policy);
+    if (times) ++times->decode_steps;
   }
   return out;
 }

@@ -18,8 +18,14 @@ struct GenerateOptions {
   int32_t stop_id = -1;    // generation stops after emitting this id; -1: never
 };
 
+// Wall time of the prompt's forward call and of the one-token calls (sampling included).
+struct GenerateTimes {
+  double prefill_s = 0, decode_s = 0;
+  int64_t decode_steps = 0;
+};
+
 // Resets `policy`, feeds `prompt` (non-empty) and returns the new tokens only.
 std::vector<int32_t> generate_continuation(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
-                                           const GenerateOptions& opt);
+                                           const GenerateOptions& opt, GenerateTimes* times = nullptr);
 
 }  // namespace kvx

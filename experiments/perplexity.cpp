@@ -14,6 +14,7 @@
 #include "experiments/dataset_adapter.h"
 #include "experiments/model_cache.h"
 #include "experiments/text_windows.h"
+#include "experiments/timed_policy.h"
 #include "quantizers/aqua.h"
 #include "quantizers/qaq.h"
 
@@ -28,6 +29,8 @@ std::vector<ParamSpec> perplexity_params() {
       {"warmup", ParamType::Int, 0, 0, 1e9, {}, "window positions < warmup are fed but not scored"},
       {"max_windows", ParamType::Int, 0, 0, 1e12, {}, "evaluate only the first N windows; 0 = all"},
       {"add_bos", ParamType::Bool, false, -1e300, 1e300, {}, "start every window with the BOS token"},
+      {"profile", ParamType::Bool, false, -1e300, 1e300, {},
+       "record per-phase timings (prof_*: cache work, attention+MLP, rest; synchronizes CUDA)"},
       {"dtype", ParamType::Enum, "float32", -1e300, 1e300, {"float32", "bfloat16", "float16"},
        "compute dtype of the model (float16 needs CUDA)"},
   };
@@ -73,6 +76,7 @@ nlohmann::json run_perplexity(const nlohmann::json& job, JobContext& ctx) {
   o.warmup = pint(p, "warmup");
   o.max_windows = pint(p, "max_windows");
   o.add_bos = pbool(p, "add_bos");
+  o.profile = pbool(p, "profile");
   o.bos_id = tok->bos_id();
   const nlohmann::json method = job.contains("method") ? job["method"] : resolve_method(parse_method_shorthand("none"));
   auto m = perplexity_over_tokens(*model, *ids, o, method, &ctx);
@@ -103,6 +107,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   int64_t kv_max = 0, offload_max = 0, side_max = 0;
   const ModelInfo info = model.info();
   std::vector<int32_t> win(o.seq_len);
+  PolicyTimes times;  // profile only
+  double prefill_s = 0, decode_s = 0;
   const auto t0 = std::chrono::steady_clock::now();
 
   for (size_t w = 0; w < windows.size(); ++w) {
@@ -110,10 +116,17 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     if (o.add_bos) win[0] = o.bos_id;
     std::copy(ids.begin() + windows[w].begin, ids.begin() + windows[w].begin + text_len, win.begin() + bos);
     const int64_t first_scored = std::max<int64_t>({1, o.warmup, w > 0 ? fresh_from : 0});
-    auto policy = make_policy(method);
+    std::unique_ptr<KVCachePolicy> policy = make_policy(method);
+    TimedPolicy* timed = nullptr;
+    if (o.profile) {
+      auto t = std::make_unique<TimedPolicy>(std::move(policy));
+      timed = t.get();
+      policy = std::move(t);
+    }
     policy->reset(info, 1);
     for (int64_t c0 = 0; c0 < o.seq_len; c0 += chunk) {
       const int64_t n = std::min(chunk, o.seq_len - c0);
+      const auto f0 = std::chrono::steady_clock::now();
       at::Tensor logits = model.forward(ids_tensor(win.data() + c0, n).to(model.device()), c0, *policy)[0];
       forwarded += n;
       // logits row j predicts window position c0 + j + 1.
@@ -124,12 +137,15 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
         throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(), w,
                     c0 + bad[0][0].item<int64_t>(), method_label(method));
       }
+      if (o.profile)  // the finiteness check above synchronized the device
+        (n > 1 ? prefill_s : decode_s) += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
       if (j1 <= j0) continue;
       at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
       at::Tensor tgt = ids_tensor(win.data() + c0 + j0 + 1, j1 - j0)[0].to(lp.device());
       nll_sum -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum().item<double>();
       scored += j1 - j0;
     }
+    if (timed) times += timed->times();
     const MemoryReport r = policy->memory();
     kv_sum += double(r.device_bytes());
     kv_max = std::max(kv_max, r.device_bytes());
@@ -165,6 +181,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["retained_fraction"] = retained_sum / nw;
   if (body_bpv_sum > 0) m["body_bpv"] = body_bpv_sum / nw;
   if (std::isfinite(paper_bpv_sum)) m["paper_bpv"] = paper_bpv_sum / nw;
+  if (o.profile) write_profile(m, times, prefill_s, decode_s);
   m["offload_bytes"] = offload_max;
   m["side_bytes"] = side_max;
   return m;

@@ -24,6 +24,7 @@ struct PerplexityOptions {
   int64_t warmup = 0;
   int64_t max_windows = 0;  // 0 = all
   bool add_bos = false;     // window = [BOS] + seq_len-1 text tokens
+  bool profile = false;     // prof_* metrics (experiments/timed_policy.h)
   int32_t bos_id = -1;
 };
 

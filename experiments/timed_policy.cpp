@@ -53,37 +53,41 @@ void TimedPolicy::end_step(const StepInfo& s) {
 }
 
 void write_profile(nlohmann::json& m, const PolicyTimes& t, double prefill_s, double decode_s) {
-  if (decode_s < 0) {  // the caller timed prefill and decode together
-    m["prof_total_s"] = prefill_s;
-    m["prof_cache_s"] = t.prefill_cache_s + t.decode_cache_s;  // quantize / dequantize / evict
-    m["prof_layers_other_s"] = t.prefill_layers_s + t.decode_layers_s - t.prefill_cache_s - t.decode_cache_s;
-    m["prof_rest_s"] = prefill_s - t.prefill_layers_s - t.decode_layers_s;
-  } else {
-    m["prof_prefill_s"] = prefill_s;
-    m["prof_prefill_cache_s"] = t.prefill_cache_s;  // quantize / dequantize / evict
-    m["prof_prefill_layers_other_s"] = t.prefill_layers_s - t.prefill_cache_s;  // attention, projections, MLP
-    m["prof_prefill_rest_s"] = prefill_s - t.prefill_layers_s;  // embedding, LM head, sampling
-    m["prof_decode_s"] = decode_s;
-    m["prof_decode_cache_s"] = t.decode_cache_s;
-    m["prof_decode_layers_other_s"] = t.decode_layers_s - t.decode_cache_s;
-    m["prof_decode_rest_s"] = decode_s - t.decode_layers_s;
-  }
-  const double total = prefill_s + std::max(decode_s, 0.0);
+  m["prof_prefill_s"] = prefill_s;
+  m["prof_prefill_cache_s"] = t.prefill_cache_s;  // quantize / dequantize / evict
+  m["prof_prefill_layers_other_s"] = t.prefill_layers_s - t.prefill_cache_s;  // attention, projections, MLP
+  m["prof_prefill_rest_s"] = prefill_s - t.prefill_layers_s;  // embedding, LM head, sampling
+  m["prof_decode_s"] = decode_s;
+  m["prof_decode_cache_s"] = t.decode_cache_s;
+  m["prof_decode_layers_other_s"] = t.decode_layers_s - t.decode_cache_s;
+  m["prof_decode_rest_s"] = decode_s - t.decode_layers_s;
+  const double total = prefill_s + decode_s;
   m["prof_cache_fraction"] = total > 0 ? (t.prefill_cache_s + t.decode_cache_s) / total : 0.0;
 }
 
-std::string format_profile(const PolicyTimes& t, double prefill_s, double decode_s) {
-  auto row = [](const char* phase, double total, double cache, double layers) {
-    return fmt::format("{:<8} {:>9.4f} s  cache (quantize/dequantize) {:>9.4f} s  attention+MLP {:>9.4f} s  "
+std::string format_profile(const nlohmann::json& m) {
+  auto get = [&](const std::string& k) { return m.value(k, 0.0); };
+  auto row = [&](const char* phase, const std::string& p) {
+    return fmt::format("  {:<8} {:>9.4f} s   cache (quantize/dequantize/evict) {:>9.4f} s   attention+MLP {:>9.4f} s   "
                        "rest {:>9.4f} s\n",
-                       phase, total, cache, layers - cache, total - layers);
+                       phase, get("prof_" + p + "s"), get("prof_" + p + "cache_s"), get("prof_" + p + "layers_other_s"),
+                       get("prof_" + p + "rest_s"));
   };
-  std::string out = "profile\n";
-  if (decode_s < 0)
-    return out + row("total", prefill_s, t.prefill_cache_s + t.decode_cache_s, t.prefill_layers_s + t.decode_layers_s);
-  out += row("prefill", prefill_s, t.prefill_cache_s, t.prefill_layers_s);
-  out += row("decode", decode_s, t.decode_cache_s, t.decode_layers_s);
-  return out;
+  std::string out;
+  if (m.contains("prof_prefill_s")) out += row("prefill", "prefill_");
+  if (m.contains("prof_decode_s") && get("prof_decode_s") > 0) out += row("decode", "decode_");
+  if (out.empty()) return out;
+  return fmt::format("profile   cache share {:.1f}%\n", 100 * get("prof_cache_fraction")) + out;
+}
+
+PolicyTimes& PolicyTimes::operator+=(const PolicyTimes& o) {
+  prefill_cache_s += o.prefill_cache_s;
+  decode_cache_s += o.decode_cache_s;
+  prefill_layers_s += o.prefill_layers_s;
+  decode_layers_s += o.decode_layers_s;
+  prefill_steps += o.prefill_steps;
+  decode_steps += o.decode_steps;
+  return *this;
 }
 
 }  // namespace kvx

@@ -21,6 +21,7 @@ struct PolicyTimes {
   double prefill_cache_s = 0, decode_cache_s = 0;    // inside the policy
   double prefill_layers_s = 0, decode_layers_s = 0;  // layer 0 update() .. end_step()
   int64_t prefill_steps = 0, decode_steps = 0;
+  PolicyTimes& operator+=(const PolicyTimes& o);
 };
 
 class TimedPolicy final : public KVCachePolicy {
@@ -49,10 +50,11 @@ class TimedPolicy final : public KVCachePolicy {
   PolicyTimes times_;
 };
 
-// prof_* metrics. prefill_s / decode_s: the caller's wall times of prefill and decode forward
-// calls (pass a negative decode_s when the caller cannot split them; total goes in prefill_s).
+// prof_* metrics. prefill_s / decode_s: the caller's wall times of its prefill (chunks of more
+// than one token) and decode (one-token) forward calls.
 void write_profile(nlohmann::json& metrics, const PolicyTimes& t, double prefill_s, double decode_s);
-// The same as a short human-readable table (for `--profile` on the command line).
-std::string format_profile(const PolicyTimes& t, double prefill_s, double decode_s);
+// The prof_* metrics of write_profile as a short human-readable table (`--profile` on the
+// command line); "" when the metrics hold none.
+std::string format_profile(const nlohmann::json& metrics);
 
 }  // namespace kvx

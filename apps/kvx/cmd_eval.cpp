@@ -10,6 +10,7 @@
 #include "core/common/error.h"
 #include "experiments/model_cache.h"
 #include "experiments/protocol.h"
+#include "experiments/timed_policy.h"
 #include "quantizers/registry.h"
 
 namespace {
@@ -17,7 +18,7 @@ namespace {
 struct EvalArgs {
   std::string model, dataset, method = "none", dtype = "float32", device = "cpu", format = "text";
   int64_t seq_len = 512, stride = 0, chunk = 32, warmup = 0, max_windows = 0;
-  bool add_bos = false;
+  bool add_bos = false, profile = false;
 };
 
 std::string duration(double s) {
@@ -48,7 +49,8 @@ std::function<void(double)> progress_printer() {
 void run(const EvalArgs& a) {
   nlohmann::json protocol = {{"name", "perplexity"}, {"seq_len", a.seq_len}, {"stride", a.stride},
                              {"chunk", a.chunk},     {"warmup", a.warmup},   {"max_windows", a.max_windows},
-                             {"add_bos", a.add_bos}, {"dtype", a.dtype}};
+                             {"add_bos", a.add_bos}, {"dtype", a.dtype},
+                             {"profile", a.profile}};
   nlohmann::json job;
   try {
     job["protocol"] = kvx::resolve_protocol(protocol);
@@ -82,6 +84,7 @@ void run(const EvalArgs& a) {
              "retained {:.1f}%\n",
              m["kv_bytes"].get<double>() / 1024, m["kv_bytes_max"].get<double>() / 1024, m["bpv"].get<double>(),
              m["compression_ratio"].get<double>(), 100 * m["retained_fraction"].get<double>());
+  fmt::print("{}", kvx::format_profile(m));
 }
 
 void setup(CLI::App& app) {
@@ -96,10 +99,12 @@ void setup(CLI::App& app) {
   cmd->add_option("--warmup", a->warmup, "window positions not scored")->capture_default_str();
   cmd->add_option("--max-windows", a->max_windows, "first N windows only (0 = all)")->capture_default_str();
   cmd->add_flag("--add-bos", a->add_bos, "start every window with BOS");
+  cmd->add_flag("--profile", a->profile,
+                "per-phase timings: cache work (quantize/dequantize/evict), attention+MLP, the rest");
   cmd->add_option("--dtype", a->dtype, "compute dtype")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
       ->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N, or a layer split cuda:0,cuda:1 (optional @20GiB limits)")->capture_default_str();
   cmd->add_option("--format", a->format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
   cmd->callback([a] { run(*a); });
 }

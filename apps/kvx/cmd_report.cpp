@@ -21,6 +21,11 @@ void setup(CLI::App& app) {
   cmd->add_option("--format", opt->format, "md, csv, latex or json")->check(CLI::IsMember({"md", "csv", "latex", "json"}));
   cmd->add_option("--plot", opt->plot, "also write an SVG line chart of the metric vs --x (default: --cols)");
   cmd->add_option("--x", opt->x, "x field of the plot (numeric)");
+  cmd->add_option("--plot-kind", opt->plot_kind, "line, or heatmap (y = first --rows field, x = --cols)")
+      ->check(CLI::IsMember({"line", "heatmap"}));
+  cmd->add_option("--pareto", opt->pareto,
+                  "X,Y: only the Pareto envelope of two metrics per --rows group, e.g. bpv,ppl or "
+                  "compression_ratio:max,accuracy:max");
   cmd->add_option("--precision", opt->precision, "decimals of metric values (default 4)")->check(CLI::Range(0, 12));
   cmd->callback([db, sweep, opt] {
     if (!sweep->empty()) opt->sweep = *sweep;

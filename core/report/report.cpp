@@ -166,6 +166,7 @@ class Builder {
     ReportOutput out;
     out.results = records_.size();
     choose_metrics();
+    if (!opt_.pareto.empty()) keep_pareto_envelope();
     choose_rows();
     Table t = opt_.cols.empty() ? long_table() : pivot_table();
     out.text = render(t, opt_.format);
@@ -232,6 +233,62 @@ class Builder {
       check_field(base_field_, "--baseline");
       if (metric_names_.count(base_field_)) throw error("--baseline: '{}' is a metric, not a field", base_field_);
     }
+  }
+
+  struct Axis {
+    std::string metric;
+    bool maximize = false;
+    double better(const Record& r) const { return (maximize ? 1 : -1) * r.get(metric).get<double>(); }
+  };
+  Axis parse_axis(std::string spec) const {
+    Axis a;
+    const auto colon = spec.rfind(':');
+    std::string dir;
+    if (colon != std::string::npos) dir = spec.substr(colon + 1), spec = spec.substr(0, colon);
+    if (!metric_names_.count(spec))
+      throw error("--pareto: no metric named '{}' (metrics: {})", spec,
+                  metric_names_.empty() ? "none" : join({metric_names_.begin(), metric_names_.end()}));
+    a.metric = spec;
+    if (dir == "max" || dir == "min") {
+      a.maximize = dir == "max";
+    } else if (!dir.empty()) {
+      throw error("--pareto: '{}:{}': the direction must be min or max", spec, dir);
+    } else {
+      for (const char* up : {"acc", "rouge", "agreement", "exact", "compression_ratio", "retained", "tok_s", "tokens_per_s"})
+        a.maximize = a.maximize || spec.find(up) != std::string::npos;
+    }
+    return a;
+  }
+
+  // Replaces records_ by the non-dominated ones per group (first row field); all_ keeps every
+  // point for the plot.
+  void keep_pareto_envelope() {
+    if (!opt_.cols.empty()) throw error("--pareto shows a long table: drop --cols");
+    const auto specs = split_commas({opt_.pareto});
+    if (specs.size() != 2) throw error("--pareto '{}': expected two metrics X,Y (e.g. bpv,ppl)", opt_.pareto);
+    px_ = parse_axis(specs[0]);
+    py_ = parse_axis(specs[1]);
+    group_ = split_commas(opt_.rows).empty() ? "method" : split_commas(opt_.rows)[0];
+    check_field(group_, "--rows");
+    if (opt_.metrics.empty()) metrics_.clear();  // default: just the two axes
+    for (const Axis* a : {&py_, &px_})
+      if (std::find(metrics_.begin(), metrics_.end(), a->metric) == metrics_.end())
+        metrics_.insert(metrics_.begin(), a->metric);
+    std::vector<Record> all;
+    for (auto& r : records_)
+      if (r.get(px_.metric).is_number() && r.get(py_.metric).is_number()) all.push_back(std::move(r));
+    std::vector<Record> front;
+    for (const auto& r : all) {
+      bool dominated = false;
+      for (const auto& q : all) {
+        if (!same_value(q.get(group_), r.get(group_))) continue;
+        const bool ge = px_.better(q) >= px_.better(r) && py_.better(q) >= py_.better(r);
+        dominated = dominated || (ge && (px_.better(q) > px_.better(r) || py_.better(q) > py_.better(r)));
+      }
+      if (!dominated) front.push_back(r);
+    }
+    all_ = std::move(all);
+    records_ = std::move(front);
   }
 
   void choose_rows() {
@@ -423,7 +480,85 @@ class Builder {
     return t;
   }
 
+  std::string pareto_plot() const {
+    std::vector<std::string> groups;
+    for (const auto& r : all_) {
+      const std::string g = text_of(r.get(group_));
+      if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+    }
+    std::sort(groups.begin(), groups.end());
+    std::vector<Series> series;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      Series pts{groups[i] + " (all)", {}, false, int(i)}, env{groups[i] + " envelope", {}, true, int(i)};
+      for (const auto& r : all_)
+        if (text_of(r.get(group_)) == groups[i])
+          pts.points.emplace_back(r.get(px_.metric).get<double>(), r.get(py_.metric).get<double>());
+      for (const auto& r : records_)
+        if (text_of(r.get(group_)) == groups[i])
+          env.points.emplace_back(r.get(px_.metric).get<double>(), r.get(py_.metric).get<double>());
+      std::sort(pts.points.begin(), pts.points.end());
+      std::sort(env.points.begin(), env.points.end());
+      series.push_back(std::move(pts));
+      series.push_back(std::move(env));
+    }
+    return svg_line_chart(py_.metric + " vs " + px_.metric + " (Pareto envelope)", px_.metric, py_.metric, series);
+  }
+
+  // y = the first row field, x = cols (or --x); one panel per value of the other row fields.
+  std::string heatmap_plot() const {
+    const std::string x = !opt_.x.empty() ? opt_.x : opt_.cols;
+    if (x.empty()) throw error("--plot-kind heatmap needs an x field: --cols FIELD or --x FIELD");
+    check_field(x, "--x");
+    const std::string& metric = metrics_.at(0);
+    const std::string y = rows_.at(0);
+    std::vector<std::string> panel_fields(rows_.begin() + 1, rows_.end());
+    std::vector<json> xs, ys;
+    std::vector<std::string> panel_names;
+    auto add = [](std::vector<json>& v, const json& e) {
+      for (const auto& have : v)
+        if (same_value(have, e)) return;
+      v.push_back(e);
+    };
+    auto panel_of = [&](const Record& r) {
+      std::vector<std::string> parts;
+      for (const auto& f : panel_fields) parts.push_back(f + "=" + text_of(r.get(f)));
+      return parts.empty() ? metric : join(parts, " ");
+    };
+    for (const auto& r : records_) {
+      add(xs, r.get(x));
+      add(ys, r.get(y));
+      const std::string p = panel_of(r);
+      if (std::find(panel_names.begin(), panel_names.end(), p) == panel_names.end()) panel_names.push_back(p);
+    }
+    std::sort(xs.begin(), xs.end(), less_value);
+    std::sort(ys.begin(), ys.end(), less_value);
+    std::sort(panel_names.begin(), panel_names.end());
+    std::vector<HeatmapPanel> panels;
+    for (const auto& name : panel_names) {
+      HeatmapPanel p;
+      p.name = name;
+      for (const auto& v : xs) p.x_labels.push_back(text_of(v));
+      for (const auto& v : ys) p.y_labels.push_back(text_of(v));
+      p.values.assign(ys.size(), std::vector<double>(xs.size(), std::nan("")));
+      for (const auto& r : records_) {
+        if (panel_of(r) != name || !r.get(metric).is_number()) continue;
+        size_t xi = 0, yi = 0;
+        while (!same_value(xs[xi], r.get(x))) ++xi;
+        while (!same_value(ys[yi], r.get(y))) ++yi;
+        if (!std::isnan(p.values[yi][xi]))
+          throw error("--plot-kind heatmap: several results fall into one cell ({}={}, {}={}); add a field to --rows",
+                      y, text_of(ys[yi]), x, text_of(xs[xi]));
+        p.values[yi][xi] = r.get(metric).get<double>();
+      }
+      panels.push_back(std::move(p));
+    }
+    return svg_heatmap(metric + " by " + y + " and " + x, x, y, panels);
+  }
+
   std::string plot() {
+    if (!opt_.pareto.empty()) return pareto_plot();
+    if (opt_.plot_kind == "heatmap") return heatmap_plot();
+    if (opt_.plot_kind != "line") throw error("--plot-kind '{}': expected line or heatmap", opt_.plot_kind);
     std::string x = !opt_.x.empty() ? opt_.x : opt_.cols;
     if (x.empty()) throw error("--plot needs a numeric x field: --cols FIELD or --x FIELD");
     check_field(x, "--x");
@@ -463,6 +598,9 @@ class Builder {
   std::set<std::string> params_, metric_names_;
   std::vector<std::string> metrics_, rows_;
   std::string base_field_, base_value_;
+  Axis px_, py_;               // --pareto axes
+  std::string group_;          // --pareto: envelope per value of this field
+  std::vector<Record> all_;    // --pareto: every point with both metrics
 };
 
 }  // namespace

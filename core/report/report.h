@@ -23,7 +23,13 @@ struct ReportOptions {
   std::string baseline;              // FIELD=VALUE: adds Δ and Δ% vs the matching baseline row
   std::string format = "md";         // md | csv | latex | json
   std::string plot;                  // SVG file to write ("" = none)
+  std::string plot_kind = "line";    // line | heatmap (x = cols or x, y = first row field)
   std::string x;                     // plot x field (default: cols)
+  // "X,Y": keep only the Pareto envelope of metrics X and Y within each value of the first row
+  // field (default method); each may end in :min or :max (default: max for accuracy, rouge,
+  // agreement, compression_ratio, retained and tokens/s metrics, min otherwise). The plot shows
+  // every point and the envelope.
+  std::string pareto;
   int precision = 4;                 // decimals of metric values
 };
 

@@ -98,17 +98,75 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
                    (T + H - B) / 2, esc(y_label));
   // Series and legend.
   for (size_t i = 0; i < series.size(); ++i) {
-    const char* color = kColors[i % 10];
+    const char* color = kColors[(series[i].color >= 0 ? size_t(series[i].color) : i) % 10];
     std::string pts;
     for (const auto& [x, y] : series[i].points) pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", px(x), py(y));
-    o += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, pts);
+    if (series[i].line)
+      o += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, pts);
     for (const auto& [x, y] : series[i].points)
-      o += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>\n", px(x), py(y), color);
+      o += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"{}/>\n", px(x), py(y), color,
+                       series[i].line ? "" : " fill-opacity=\"0.35\"");
     double ly = T + 10 + 20.0 * static_cast<double>(i);
-    o += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"{}\" stroke-width=\"2\"/>\n",
-                     W - R + 15, ly, W - R + 40, ly, color);
+    if (series[i].line)
+      o += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"{}\" stroke-width=\"2\"/>\n",
+                       W - R + 15, ly, W - R + 40, ly, color);
     o += fmt::format("<circle cx=\"{}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>\n", W - R + 27.5, ly, color);
     o += fmt::format("<text x=\"{}\" y=\"{:.1f}\">{}</text>\n", W - R + 46, ly + 4, esc(series[i].name));
+  }
+  o += "</svg>\n";
+  return o;
+}
+
+std::string svg_heatmap(const std::string& title, const std::string& x_label, const std::string& y_label,
+                        const std::vector<HeatmapPanel>& panels) {
+  const double cell_w = 64, cell_h = 30, L = 90, T = 60, B = 50, gap = 40;
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (const auto& p : panels)
+    for (const auto& row : p.values)
+      for (double v : row)
+        if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+  if (!std::isfinite(lo)) lo = 0, hi = 1;
+  double W = L, H = T + B;
+  for (const auto& p : panels) {
+    W += cell_w * double(p.x_labels.size()) + gap;
+    H = std::max(H, T + B + cell_h * double(p.y_labels.size()));
+  }
+  std::string o = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{0}\" height=\"{1}\" fill=\"white\"/>\n",
+      W, H);
+  o += fmt::format("<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n", W / 2, esc(title));
+  o += fmt::format("<text x=\"16\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {0})\">{1}</text>\n",
+                   (T + H - B) / 2, esc(y_label));
+  double left = L;
+  for (const auto& p : panels) {
+    const double pw = cell_w * double(p.x_labels.size());
+    o += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\" font-size=\"13\">{}</text>\n", left + pw / 2,
+                     T - 14, esc(p.name));
+    for (size_t yi = 0; yi < p.y_labels.size(); ++yi) {
+      const double y = T + cell_h * double(yi);
+      if (left == L)
+        o += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", L - 6, y + cell_h / 2 + 4,
+                         esc(p.y_labels[yi]));
+      for (size_t xi = 0; xi < p.x_labels.size(); ++xi) {
+        const double v = p.values[yi][xi], x = left + cell_w * double(xi);
+        const double t = std::isfinite(v) ? (hi > lo ? (v - lo) / (hi - lo) : 1.0) : 0;
+        // White to dark blue; text switches to white on dark cells.
+        const int r = int(247 - t * (247 - 8)), g = int(251 - t * (251 - 48)), b = int(255 - t * (255 - 107));
+        o += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"white\"/>\n", x,
+                         y, cell_w, cell_h, std::isfinite(v) ? fmt::format("rgb({},{},{})", r, g, b) : "#dddddd");
+        o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" fill=\"{}\">{}</text>\n", x + cell_w / 2,
+                         y + cell_h / 2 + 4, t > 0.6 ? "white" : "black",
+                         std::isfinite(v) ? fmt::format("{:.3g}", v) : std::string("-"));
+      }
+    }
+    const double bottom = T + cell_h * double(p.y_labels.size());
+    for (size_t xi = 0; xi < p.x_labels.size(); ++xi)
+      o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n",
+                       left + cell_w * (double(xi) + 0.5), bottom + 16, esc(p.x_labels[xi]));
+    o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n", left + pw / 2, bottom + 36,
+                     esc(x_label));
+    left += pw + gap;
   }
   o += "</svg>\n";
   return o;

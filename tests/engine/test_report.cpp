@@ -162,3 +162,114 @@ TEST(Report, SvgPlot) {
   EXPECT_NE(svg.find(">ppl vs value.bits</text>"), std::string::npos);
   EXPECT_EQ(svg, build_report(rows(), o).svg);  // deterministic
 }
+
+namespace {
+
+ResultRow point(int64_t id, const std::string& method, double bpv, double ppl, double acc) {
+  ResultRow r;
+  r.id = id;
+  r.key = "p" + std::to_string(id);
+  r.protocol = "perplexity";
+  r.method = method;
+  r.label = method;
+  r.params = {{"policy.setting", id}};
+  r.metrics = {{"bpv", bpv}, {"ppl", ppl}, {"accuracy", acc}};
+  return r;
+}
+
+std::vector<ResultRow> points() {
+  // qaq: (2, 12) (3, 11) (3, 11.5) (4, 11.2) (5, 10.5); kvq: (2, 12.5) (4, 11).
+  // Lower bpv and lower ppl are better: (3, 11.5) is dominated by (3, 11), (4, 11.2) by (3, 11).
+  return {point(1, "qaq", 2, 12, 0.50), point(2, "qaq", 3, 11, 0.60), point(3, "qaq", 3, 11.5, 0.70),
+          point(4, "qaq", 4, 11.2, 0.55), point(5, "qaq", 5, 10.5, 0.65), point(6, "kvq", 2, 12.5, 0.40),
+          point(7, "kvq", 4, 11, 0.45)};
+}
+
+}  // namespace
+
+TEST(Report, ParetoEnvelopePerMethod) {
+  ReportOptions o;
+  o.pareto = "bpv,ppl";
+  o.format = "csv";
+  o.precision = 1;
+  EXPECT_EQ(build_report(points(), o).text,
+            "method,policy.setting,bpv,ppl\n"
+            "kvq,6,2.0,12.5\n"
+            "kvq,7,4.0,11.0\n"
+            "qaq,1,2.0,12.0\n"
+            "qaq,2,3.0,11.0\n"
+            "qaq,5,5.0,10.5\n");
+  // Accuracy is maximized by default: qaq's front is (2, .50) (3, .70); kvq keeps both.
+  o.pareto = "bpv,accuracy";
+  o.precision = 2;
+  EXPECT_EQ(build_report(points(), o).text,
+            "method,policy.setting,bpv,accuracy\n"
+            "kvq,6,2.00,0.40\n"
+            "kvq,7,4.00,0.45\n"
+            "qaq,1,2.00,0.50\n"
+            "qaq,3,3.00,0.70\n");
+  // An explicit direction wins: maximizing ppl keeps the worst points.
+  o.pareto = "bpv:max,ppl:max";
+  EXPECT_EQ(build_report(points(), o).results, 7u);
+  EXPECT_NE(build_report(points(), o).text.find("qaq,5,5.00,10.50"), std::string::npos);
+  o.pareto = "bpv,nope";
+  EXPECT_THROW(build_report(points(), o), kvx::Error);
+  o.pareto = "bpv:up,ppl";
+  EXPECT_THROW(build_report(points(), o), kvx::Error);
+}
+
+TEST(Report, ParetoPlotShowsEveryPointAndTheEnvelope) {
+  ReportOptions o;
+  o.pareto = "bpv,ppl";
+  o.plot = "x.svg";
+  const std::string svg = build_report(points(), o).svg;
+  size_t markers = 0, lines = 0;
+  for (size_t p = svg.find("<circle"); p != std::string::npos; p = svg.find("<circle", p + 1)) ++markers;
+  for (size_t p = svg.find("<polyline"); p != std::string::npos; p = svg.find("<polyline", p + 1)) ++lines;
+  // 7 points + 5 envelope points + one legend marker per series (4 series).
+  EXPECT_EQ(markers, 7u + 5u + 4u);
+  EXPECT_EQ(lines, 2u);  // one envelope per method
+  EXPECT_NE(svg.find("qaq envelope"), std::string::npos);
+}
+
+namespace {
+
+ResultRow passkey(int64_t id, const std::string& method, int depth, int length, double acc) {
+  ResultRow r;
+  r.id = id;
+  r.key = "pk" + std::to_string(id);
+  r.protocol = "passkey";
+  r.method = method;
+  r.label = method;
+  r.params = {{"protocol.depth", depth}, {"protocol.length", length}};
+  r.metrics = {{"accuracy", acc}};
+  return r;
+}
+
+}  // namespace
+
+TEST(Report, PasskeyHeatmapOnePanelPerMethod) {
+  std::vector<ResultRow> rs = {passkey(1, "fp16", 0, 256, 1.0),  passkey(2, "fp16", 50, 256, 1.0),
+                               passkey(3, "fp16", 0, 512, 1.0),  passkey(4, "fp16", 50, 512, 0.75),
+                               passkey(5, "kvq2", 0, 256, 0.25), passkey(6, "kvq2", 50, 512, 0.0)};
+  ReportOptions o;
+  o.rows = {"protocol.depth"};
+  o.cols = "protocol.length";
+  o.metrics = {"accuracy"};
+  o.plot = "h.svg";
+  o.plot_kind = "heatmap";
+  const std::string svg = build_report(rs, o).svg;
+  size_t cells = 0;
+  for (size_t p = svg.find("<rect x="); p != std::string::npos; p = svg.find("<rect x=", p + 1)) ++cells;
+  EXPECT_EQ(cells, 8u);  // 2 panels x 2 depths x 2 lengths
+  EXPECT_NE(svg.find("method=fp16"), std::string::npos);
+  EXPECT_NE(svg.find("method=kvq2"), std::string::npos);
+  EXPECT_NE(svg.find(">0.75<"), std::string::npos);
+  EXPECT_NE(svg.find(">-<"), std::string::npos);  // kvq2 has no (50, 256) result
+  // Lowest value (0) is the lightest colour, highest (1) the darkest.
+  EXPECT_NE(svg.find("fill=\"rgb(247,251,255)\""), std::string::npos);
+  EXPECT_NE(svg.find("fill=\"rgb(8,48,107)\""), std::string::npos);
+  rs.push_back(passkey(7, "fp16", 0, 256, 0.5));  // a second result for one cell
+  o.rows = {"protocol.depth", "method"};
+  EXPECT_THROW(build_report(rs, o), kvx::Error);
+}

@@ -1,5 +1,6 @@
 // The forward pass against transformers' own outputs (reference.json of each fixture, computed on
-// GPU from the bf16/fp16 weights; we compute in fp32, hence the tolerances).
+// GPU from the bf16/fp16 weights): on CPU in fp32, and where CUDA is available on the GPU in the
+// reference's own dtype (bf16 / fp16), hence the per-instance tolerances.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -13,13 +14,18 @@ namespace {
 struct Fixture {
   const char* name;
   const char* greedy_key;
+  const char* device = "cpu";
+  const char* dtype = "float32";
+  double logit_tol = 0.1;   // last-position logits vs transformers
+  double chunk_tol = 1e-3;  // chunked prefill vs one pass
 };
 
 class Reference : public ::testing::TestWithParam<Fixture> {
  protected:
   void SetUp() override {
+    if (std::string(GetParam().device) == "cuda" && !at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
     ref_ = test::reference(GetParam().name);
-    model_ = load_model(test::model_dir(GetParam().name), "cpu", "float32");
+    model_ = load_model(test::model_dir(GetParam().name), GetParam().device, GetParam().dtype);
     for (const auto& v : ref_["prompt_ids"]) prompt_.push_back(v.get<int32_t>());
   }
   at::Tensor prompt_logits() {  // [T, V]
@@ -27,7 +33,7 @@ class Reference : public ::testing::TestWithParam<Fixture> {
     cache->reset(model_->info(), 1);
     at::Tensor ids = at::empty({1, int64_t(prompt_.size())}, at::kLong);
     for (size_t i = 0; i < prompt_.size(); ++i) ids[0][i] = prompt_[i];
-    return model_->forward(ids, 0, *cache)[0];
+    return model_->forward(ids.to(model_->device()), 0, *cache)[0].cpu();
   }
   nlohmann::json ref_;
   std::shared_ptr<CausalLM> model_;
@@ -39,7 +45,7 @@ TEST_P(Reference, LastPositionLogitsMatchWithin0_1) {
   const auto& want = ref_["last_logits_first16"];
   ASSERT_EQ(want.size(), 16u);
   for (int64_t i = 0; i < 16; ++i)
-    EXPECT_NEAR(last[i].item<float>(), want[i].get<double>(), 0.1) << "logit " << i;
+    EXPECT_NEAR(last[i].item<float>(), want[i].get<double>(), GetParam().logit_tol) << "logit " << i;
 }
 
 TEST_P(Reference, ArgmaxPerPositionWhereUnambiguous) {
@@ -77,17 +83,19 @@ TEST_P(Reference, ChunkedPrefillEqualsOnePass) {
     const int64_t n = std::min<int64_t>(3, T - c0);
     at::Tensor ids = at::empty({1, n}, at::kLong);
     for (int64_t i = 0; i < n; ++i) ids[0][i] = prompt_[c0 + i];
-    parts.push_back(model_->forward(ids, c0, *cache)[0]);
+    parts.push_back(model_->forward(ids.to(model_->device()), c0, *cache)[0].cpu());
   }
-  EXPECT_LT((at::cat(parts, 0) - full).abs().max().item<float>(), 1e-3f);
-  EXPECT_EQ(model_->attention_impl(), "matmul");
+  EXPECT_LT((at::cat(parts, 0) - full).abs().max().item<float>(), GetParam().chunk_tol);
+  if (model_->device().is_cpu()) EXPECT_EQ(model_->attention_impl(), "matmul");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Reference,
                          ::testing::Values(Fixture{"small-code-llama", "greedy_32_ids"},
-                                           Fixture{"tiny-gpt2", "greedy_24_ids"}),
+                                           Fixture{"tiny-gpt2", "greedy_24_ids"},
+                                           Fixture{"small-code-llama", "greedy_32_ids", "cuda", "bfloat16", 0.25, 0.1},
+                                           Fixture{"tiny-gpt2", "greedy_24_ids", "cuda", "float16", 0.1, 0.05}),
                          [](const auto& info) {
-                           std::string n = info.param.name;
+                           std::string n = std::string(info.param.name) + "_" + info.param.device;
                            for (auto& c : n)
                              if (c == '-') c = '_';
                            return n;

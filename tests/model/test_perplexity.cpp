@@ -110,7 +110,35 @@ TEST(PerplexityProtocol, DefaultsAndRegistration) {
   EXPECT_EQ(p["max_windows"], 0);
   EXPECT_EQ(p["add_bos"], false);
   EXPECT_EQ(p["dtype"], "float32");
+  EXPECT_EQ(p["profile"], false);
   EXPECT_THROW(resolve_protocol({{"name", "perplexity"}, {"dtype", "int8"}}), ParamError);
+}
+
+TEST(PerplexityProtocol, ProfileSplitsPrefillFromDecodeAndLeavesPerplexityAlone) {
+  auto model = load_model(test::model_dir("tiny-gpt2"), "cpu", "float32");
+  const auto ids = head_tokens("tiny-gpt2");
+  const auto kvq = resolve_method(parse_method_shorthand("kvq:k4v2:r16"));
+  PerplexityOptions o;
+  o.seq_len = 64;
+  o.max_windows = 2;
+  o.chunk = 16;
+  const auto plain = perplexity_over_tokens(*model, ids, o, kvq, nullptr);
+  EXPECT_FALSE(plain.contains("prof_prefill_s"));
+  o.profile = true;
+  const auto prefill = perplexity_over_tokens(*model, ids, o, kvq, nullptr);
+  EXPECT_DOUBLE_EQ(prefill["ppl"].get<double>(), plain["ppl"].get<double>());
+  EXPECT_GT(prefill["prof_prefill_s"].get<double>(), 0.0);
+  EXPECT_EQ(prefill["prof_decode_s"].get<double>(), 0.0);  // every call fed 16 tokens
+  // The parts add up to the caller's time, and the cache's share is a part of the layers' time.
+  const double parts = prefill["prof_prefill_cache_s"].get<double>() + prefill["prof_prefill_layers_other_s"].get<double>() +
+                       prefill["prof_prefill_rest_s"].get<double>();
+  EXPECT_NEAR(parts, prefill["prof_prefill_s"].get<double>(), 1e-9);
+  EXPECT_GT(prefill["prof_prefill_cache_s"].get<double>(), 0.0);
+  EXPECT_GT(prefill["prof_prefill_layers_other_s"].get<double>(), 0.0);
+  o.chunk = 1;  // token by token: all decode
+  const auto decode = perplexity_over_tokens(*model, ids, o, kvq, nullptr);
+  EXPECT_EQ(decode["prof_prefill_s"].get<double>(), 0.0);
+  EXPECT_GT(decode["prof_decode_cache_s"].get<double>(), 0.0);
 }
 
 TEST(PerplexityProtocol, NanLogitsFailTheJob) {
