@@ -10,6 +10,13 @@
 #include "core/common/error.h"
 #include "core/kernels/packed_kv.h"
 
+#if defined(KVX_WITH_CUDA) && __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>)
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define KVX_BENCH_GRAPHS 1
+#endif
+
 namespace kvx {
 
 ModelShape model_shape(const std::string& s) {
@@ -42,6 +49,8 @@ ModelShape model_shape(const std::string& s) {
 
 namespace {
 
+constexpr int kAttnInner = 10;  // back-to-back calls per timed attention sample
+
 struct Method {
   std::string label;
   int kbits = 16, vbits = 16, group = 64;
@@ -62,21 +71,49 @@ void sync(const at::Device& d) {
   if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).item<float>();
 }
 
-// Median wall time in microseconds of fn over iters runs (after two warm-ups).
+// Median wall time in microseconds of fn over iters samples (after two warm-ups); each sample runs
+// fn `inner` times back to back and one synchronization, so that short kernels are timed without
+// the host's synchronize round trip (the way they run inside a decode step).
 template <typename F>
-double time_us(const at::Device& dev, int iters, F&& fn) {
+double time_us(const at::Device& dev, int iters, F&& fn, int inner = 1) {
   fn();
   fn();
   sync(dev);
   std::vector<double> t;
   for (int i = 0; i < iters; ++i) {
     auto a = std::chrono::steady_clock::now();
-    fn();
+    for (int j = 0; j < inner; ++j) fn();
     sync(dev);
-    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
+    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count() / inner);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Device time of fn: `inner` calls captured once into a CUDA graph and replayed (no host
+// dispatch in the measurement, as under graph-captured decoding). Negative when capture fails.
+template <typename F>
+double graph_time_us(const at::Device& dev, int iters, F&& fn, int inner) {
+#ifdef KVX_BENCH_GRAPHS
+  if (!dev.is_cuda()) return -1;
+  try {
+    auto stream = c10::cuda::getStreamFromPool();
+    at::cuda::CUDAGraph graph;
+    {
+      c10::cuda::CUDAStreamGuard guard(stream);
+      fn();  // warm-up on the capture stream (lazy initialization stays out of the graph)
+      stream.synchronize();
+      graph.capture_begin();
+      for (int j = 0; j < inner; ++j) fn();
+      graph.capture_end();
+    }
+    return time_us(dev, iters, [&] { graph.replay(); }) / inner;
+  } catch (const std::exception&) {
+    return -1;
+  }
+#else
+  return -1;
+#endif
 }
 
 // One layer's cache for a method: packed body + fp16 residual, or a dense fp16 cache.
@@ -170,9 +207,13 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
   out["context"] = T;
   out["batch"] = B;
   out["device"] = dev.is_cuda() ? "cuda" : "cpu";
+  out["attn_timing"] = fmt::format(
+      "attn_us: median of {} samples of a CUDA graph replaying {} calls (device time; eager where capture fails, "
+      "see rows' attn_timing); attn_eager_us: {} back-to-back eager calls and one sync",
+      opt.iters, kAttnInner, kAttnInner);
   {  // copy bandwidth of the device: read + write bytes per second
     auto a = at::empty({int64_t(1) << 29}, bopt.dtype(at::kFloat)), b = at::empty_like(a);
-    double us = time_us(dev, opt.iters, [&] { b.copy_(a); });
+    double us = time_us(dev, opt.iters, [&] { b.copy_(a); }, 4);
     out["copy_bandwidth_gbs"] = 2.0 * a.numel() * 4 / us / 1e3;
   }
   auto q = at::randn({B, s.heads, s.head_dim}, bopt);
@@ -188,26 +229,40 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
     w.lm_head = at::randn({s.hidden, s.vocab}, bopt) * 0.02;
     w.norm = at::ones({s.hidden}, bopt);
   }
-  double base_attn = 0, base_step = 0;
+  double base_attn = 0, base_eager = 0, base_step = 0;
   for (const auto& m : methods) {
     const bool fused_dense = m.label == "fp16-fused";
     nlohmann::json row;
     row["method"] = m.label;
     LayerCache c = make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev);
-    double us = time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); });
+    double us = time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); }, kAttnInner);
+    row["attn_eager_us"] = us;  // host dispatch included (each call launches its kernels)
+    const double gus = graph_time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); }, kAttnInner);
+    if (gus > 0) {
+      row["attn_graph_us"] = gus;
+      us = gus;
+    }
+    row["attn_timing"] = gus > 0 ? "cuda-graph" : "eager";
     row["attn_us"] = us;
     row["kv_bytes_per_layer"] = c.bytes();
     row["bandwidth_gbs"] = double(c.bytes()) / us / 1e3;
     row["bandwidth_frac_of_copy"] = row["bandwidth_gbs"].get<double>() / out["copy_bandwidth_gbs"].get<double>();
     row["kernel_path"] = m.kbits == 16 ? (fused_dense && dev.is_cuda() ? "fused" : "torch") : kernels::decode_attention_path(q);
-    if (m.label == "fp16-sdpa") base_attn = us;
+    if (m.label == "fp16-sdpa") {
+      base_attn = us;
+      base_eager = row["attn_eager_us"].get<double>();
+    }
     row["attn_speedup_vs_sdpa"] = base_attn / us;
+    row["attn_eager_speedup_vs_sdpa"] = base_eager / row["attn_eager_us"].get<double>();
     if (m.kbits != 16) {  // appending: quantize one group of new tokens, amortized per token
       auto fresh = at::randn({B, s.kv_heads, m.group, s.head_dim}, bopt);
-      double qus = time_us(dev, opt.iters, [&] {
-        (void)kernels::quantize_pack(fresh, m.kbits, m.group, true);
-        (void)kernels::quantize_pack(fresh, m.vbits, m.group, false);
-      });
+      double qus = time_us(
+          dev, opt.iters,
+          [&] {
+            (void)kernels::quantize_pack(fresh, m.kbits, m.group, true);
+            (void)kernels::quantize_pack(fresh, m.vbits, m.group, false);
+          },
+          kAttnInner);
       row["append_us_per_token_per_layer"] = qus / m.group;
     }
     if (opt.end_to_end) {
@@ -235,15 +290,16 @@ std::string format_decode_bench(const nlohmann::json& r) {
   std::string s = fmt::format("decode bench: {} batch {} context {} on {} (copy bandwidth {:.0f} GB/s)\n",
                               r["shape"].get<std::string>(), r["batch"].get<int64_t>(), r["context"].get<int64_t>(),
                               r["device"].get<std::string>(), r["copy_bandwidth_gbs"].get<double>());
-  s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>12} {:>10} {:>9} {:>10}\n", "method", "attn_us", "GB/s",
-                   "%copy", "x sdpa", "KV MB/layer", "tok/s", "x sdpa", "append%");
+  s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n", "method", "attn_us", "GB/s",
+                   "%copy", "x sdpa", "eager_us", "KV MB/layer", "tok/s", "x sdpa", "append%");
   for (const auto& row : r["rows"]) {
     auto num = [&](const char* k, const char* f) {
       return row.contains(k) ? fmt::format(fmt::runtime(f), row[k].get<double>()) : std::string("-");
     };
-    s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>12.1f} {:>10} {:>9} {:>10}\n", row["method"].get<std::string>(),
+    s += fmt::format("{:<12} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12.1f} {:>10} {:>9} {:>10}\n", row["method"].get<std::string>(),
                      num("attn_us", "{:.1f}"), num("bandwidth_gbs", "{:.0f}"), num("bandwidth_frac_of_copy", "{:.2f}"),
-                     num("attn_speedup_vs_sdpa", "{:.2f}"), row["kv_bytes_per_layer"].get<int64_t>() / 1048576.0,
+                     num("attn_speedup_vs_sdpa", "{:.2f}"), num("attn_eager_us", "{:.1f}"),
+                     row["kv_bytes_per_layer"].get<int64_t>() / 1048576.0,
                      num("decode_tok_s", "{:.1f}"), num("decode_speedup_vs_sdpa", "{:.2f}"),
                      num("append_frac_of_step", "{:.3f}"));
   }

@@ -4,12 +4,19 @@
 
 #include "core/common/error.h"
 #include "quantizers/aqua.h"
+#include "quantizers/attention_prune.h"
+#include "quantizers/dynamic_kv.h"
+#include "quantizers/h2o.h"
+#include "quantizers/kmeans.h"
 #include "quantizers/kvq.h"
 #include "quantizers/param_schema.h"
 #include "quantizers/qaq.h"
+#include "quantizers/razor.h"
 #include "quantizers/segments.h"
 #include "quantizers/selective_int8.h"
 #include "quantizers/sink_window.h"
+#include "quantizers/uncomp.h"
+#include "quantizers/zack.h"
 
 namespace kvx {
 
@@ -25,6 +32,13 @@ const std::vector<MethodTraits>& method_table() {
       qaq_traits(),
       qaq_cache_traits(),
       aqua_traits(),
+      attention_prune_traits(),
+      kmeans_cluster_traits(),
+      h2o_traits(),
+      zack_traits(),
+      dynamic_kv_traits(),
+      razor_traits(),
+      uncomp_traits(),
   };
   return table;
 }
@@ -91,6 +105,7 @@ nlohmann::json resolve_method(const nlohmann::json& spec) {
 
 nlohmann::json parse_method_shorthand(const std::string& text) {
   if (text == "none" || text == "fp16" || text == "full") return {{"key", "none"}, {"value", "none"}};
+  if (!text.empty() && text[0] == '{') return nlohmann::json::parse(text);  // a full JSON method spec
   const std::string head = text.substr(0, text.find(':'));
   if (head == "kvq") return parse_kvq_shorthand(text);
   if (head == "aqua") return parse_aqua_shorthand(text);

@@ -7,6 +7,7 @@ packages=(
   libtorch-dev libcli11-dev libyaml-cpp-dev libfmt-dev libhdf5-dev libsqlite3-dev
   libomp-dev libgtest-dev libbenchmark-dev libpcre2-dev nlohmann-json3-dev sqlite3
   libopenblas0-pthread  # Debian's libtorch uses whatever libblas.so.3 is: OpenBLAS is ~50x the reference BLAS
+  slurm-wlm munge       # tests/slurm: a private single-node Slurm on localhost (ctest -L slurm)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,5 +18,12 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Package scripts must not start daemons here (munged, slurmd, slurmctld): tests/slurm starts
+# its own private ones. A temporary policy-rc.d says so when the machine has none.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod 755 /usr/sbin/policy-rc.d
+  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -17,6 +17,8 @@ void setup(CLI::App& app) {
   cmd->add_option("--lease", opt->lease_seconds,
                   "seconds without heartbeat before a running job is reclaimed (default: config, 60)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--shard", opt->shard,
+                  "i/N: run only shard i (0-based) of N, chosen by job key (Slurm arrays; merge with kvx merge)");
   cmd->add_flag("--dry-run", opt->dry_run, "print the expanded job table and counts; run and write nothing");
   cmd->add_flag("--retry-failed", opt->retry_failed, "run this sweep's failed jobs again");
   cmd->add_option("--format", opt->format, "text or json")->check(CLI::IsMember({"text", "json"}));

@@ -16,6 +16,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--device", opt->device)->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--lease", opt->lease_seconds);
   cmd->add_option("--gpu", opt->gpu_index);
+  cmd->add_option("--max-memory", opt->max_memory);
   cmd->callback([opt] {
     int rc = kvx::runner::run_worker(*opt);
     std::fflush(stdout);

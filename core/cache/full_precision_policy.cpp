@@ -1,4 +1,5 @@
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "core/cache/kv_cache_policy.h"
 
@@ -38,18 +39,25 @@ class FullPrecisionPolicy final : public KVCachePolicy {
                     const StepInfo& s) override {
     Layer& L = layers_.at(layer);
     const int64_t n = k_new.size(2);
-    if (!L.k.defined() || L.len + n > L.k.size(2)) {
-      int64_t cap = std::max<int64_t>(64, 2 * (L.len + n));
-      auto grow = [&](const at::Tensor& old, const at::Tensor& like) {
-        auto t = at::empty({like.size(0), like.size(1), cap, like.size(3)}, like.options());
-        if (L.len > 0) t.narrow(2, 0, L.len).copy_(old.narrow(2, 0, L.len));
-        return t;
-      };
-      L.k = grow(L.k, k_new);
-      L.v = grow(L.v, v_new);
+    if (at::GradMode::is_enabled() && (k_new.requires_grad() || v_new.requires_grad())) {
+      // Training (kvx train): writing into the preallocated buffer in place would modify tensors
+      // an earlier chunk's attention saved for backward, so append out of place.
+      L.k = L.len > 0 ? at::cat({L.k.narrow(2, 0, L.len), k_new}, 2) : k_new;
+      L.v = L.len > 0 ? at::cat({L.v.narrow(2, 0, L.len), v_new}, 2) : v_new;
+    } else {
+      if (!L.k.defined() || L.len + n > L.k.size(2)) {
+        int64_t cap = std::max<int64_t>(64, 2 * (L.len + n));
+        auto grow = [&](const at::Tensor& old, const at::Tensor& like) {
+          auto t = at::empty({like.size(0), like.size(1), cap, like.size(3)}, like.options());
+          if (L.len > 0) t.narrow(2, 0, L.len).copy_(old.narrow(2, 0, L.len));
+          return t;
+        };
+        L.k = grow(L.k, k_new);
+        L.v = grow(L.v, v_new);
+      }
+      L.k.narrow(2, L.len, n).copy_(k_new);
+      L.v.narrow(2, L.len, n).copy_(v_new);
     }
-    L.k.narrow(2, L.len, n).copy_(k_new);
-    L.v.narrow(2, L.len, n).copy_(v_new);
     L.len += n;
     AttnInputs out;
     out.k = L.k.narrow(2, 0, L.len);

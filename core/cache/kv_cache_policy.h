@@ -46,6 +46,11 @@ struct AttnInputs {
   int64_t n_cached = 0;   // N - n_new
   int64_t sink = -1;      // sliding-window mask parameters (section 6.4); -1 = plain causal
   int64_t window = -1;
+  // Optional per-KV-head positions [Hkv, N] (int64) for policies whose heads keep different
+  // entries (h2o, razor, uncomp). When defined it replaces key_pos in the mask, per KV head:
+  // -1 = summary (always visible), -2 = empty padding slot (never visible). Undefined (the
+  // default) keeps the shared-key_pos path unchanged.
+  at::Tensor head_pos;
 };
 
 // One named piece of storage and its exact size in bits (ALGORITHMS.md section 1.4).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "core/common/error.h"
@@ -38,7 +39,30 @@ struct Entry {  // a protocol or method entry of the config
 
 const std::set<std::string> kTopKeys = {"name",   "description", "db",       "workers", "device",  "retries",
                                         "lease_seconds", "models", "datasets", "protocols", "methods", "exclude",
-                                        "include"};
+                                        "include", "devices", "max_memory"};
+
+// "20GiB", "512MiB", "40GB", "1.5TiB", 123456 (bytes) -> bytes; -1 when not a size.
+int64_t parse_bytes(const json& v) {
+  if (v.is_number_integer()) return v.get<int64_t>() > 0 ? v.get<int64_t>() : -1;
+  if (!v.is_string()) return -1;
+  const std::string s = v.get<std::string>();
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(s, &used);
+  } catch (...) {
+    return -1;
+  }
+  std::string unit = s.substr(used);
+  unit.erase(0, unit.find_first_not_of(' '));
+  static const std::map<std::string, double> units = {
+      {"", 1},         {"B", 1},         {"KB", 1e3},   {"MB", 1e6},   {"GB", 1e9},   {"TB", 1e12},
+      {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+  auto it = units.find(unit);
+  // Beyond int64 (1e300GB) is no size either; the cast would be undefined behaviour.
+  if (it == units.end() || !(x > 0) || !(x * it->second < 9.2e18)) return -1;
+  return static_cast<int64_t>(x * it->second);
+}
 
 bool is_method_field(const std::string& f) {
   return f.rfind("key.", 0) == 0 || f.rfind("value.", 0) == 0 || f.rfind("policy.", 0) == 0 ||
@@ -71,8 +95,8 @@ class Loader {
     for (auto it = root.begin(); it != root.end(); ++it)
       if (!kTopKeys.count(it.key()))
         fail("/" + it.key(), fmt::format("unknown key '{}' (expected one of: name, description, db, workers, "
-                                         "device, retries, lease_seconds, models, datasets, protocols, methods, "
-                                         "exclude, include)", it.key()), true);
+                                         "device, devices, max_memory, retries, lease_seconds, models, datasets, "
+                                         "protocols, methods, exclude, include)", it.key()), true);
     SweepConfig cfg;
     cfg.file = doc_.file;
     cfg.text = doc_.text;
@@ -92,6 +116,7 @@ class Loader {
       if (cfg.device != "cpu" && cfg.device != "cuda")
         fail("/device", fmt::format("'device' must be cpu or cuda, got '{}'", cfg.device));
     }
+    load_devices(cfg);
     load_protocols();
     load_methods();
     load_models();
@@ -162,6 +187,59 @@ class Loader {
         throw error("{}: {} '{}': {}", doc_.where(where, at_key), is_protocol ? "protocol" : "method", e.name, msg);
       } catch (const Error& err) {
         fail(e.yaml, fmt::format("{} '{}': {}", is_protocol ? "protocol" : "method", e.name, err.what()));
+      }
+    }
+  }
+
+  // devices: auto | cpu | [[0, 1], [2, 3]] (or [0, 1] = one worker per GPU); max_memory.
+  void load_devices(SweepConfig& cfg) {
+    const json& root = doc_.root;
+    if (root.contains("devices")) {
+      const json& d = root["devices"];
+      cfg.devices_where = doc_.where("/devices");
+      if (root.contains("device")) fail("/device", "give either 'device' or 'devices', not both");
+      if (d.is_string()) {
+        cfg.devices = d.get<std::string>();
+        if (cfg.devices != "auto" && cfg.devices != "cpu")
+          fail("/devices", fmt::format("'devices' must be auto, cpu or a list of GPU groups like [[0, 1], [2, 3]], "
+                                       "got '{}'", cfg.devices));
+        cfg.device = cfg.devices == "cpu" ? "cpu" : "cuda";
+      } else if (d.is_array() && !d.empty()) {
+        cfg.devices = "groups";
+        cfg.device = "cuda";
+        std::set<int> seen;
+        for (size_t i = 0; i < d.size(); ++i) {
+          std::string gp = child("/devices", i);
+          json g = d[i].is_array() ? d[i] : json::array({d[i]});
+          if (g.empty()) fail(gp, "a device group must list at least one GPU index");
+          std::vector<int> group;
+          for (size_t k = 0; k < g.size(); ++k) {
+            std::string ep = d[i].is_array() ? child(gp, k) : gp;
+            if (!g[k].is_number_integer() || g[k].get<int64_t>() < 0 || g[k].get<int64_t>() > 1023)
+              fail(ep, fmt::format("expected a GPU index (an integer >= 0), got {}", g[k].dump()));
+            int idx = g[k].get<int>();
+            if (!seen.insert(idx).second) fail(ep, fmt::format("GPU {} appears in more than one place", idx));
+            group.push_back(idx);
+          }
+          cfg.device_groups.push_back(std::move(group));
+        }
+      } else {
+        fail("/devices", "'devices' must be auto, cpu or a non-empty list of GPU groups like [[0, 1], [2, 3]]");
+      }
+    }
+    if (root.contains("max_memory")) {
+      const json& m = root["max_memory"];
+      if (!m.is_object() || m.empty())
+        fail("/max_memory", "'max_memory' must map GPU indices (within a group) to sizes, e.g. {0: 20GiB, 1: 40GiB}");
+      for (auto it = m.begin(); it != m.end(); ++it) {
+        const std::string& k = it.key();
+        if (k.empty() || k.size() > 4 || k.find_first_not_of("0123456789") != std::string::npos)
+          fail(child("/max_memory", k), fmt::format("'{}' is not a GPU index (0, 1, ...)", k), true);
+        int64_t b = parse_bytes(it.value());
+        if (b <= 0)
+          fail(child("/max_memory", k), fmt::format("expected a size like 20GiB, 512MiB, 40GB or bytes, got {}",
+                                                    it.value().dump()));
+        cfg.max_memory.emplace_back(std::stoi(k), b);
       }
     }
   }

@@ -3,7 +3,9 @@
 // every protocol and method variant (through resolve_protocol / resolve_method). Errors are
 // one kvx::Error "FILE:LINE:COL: message" pointing at the offending YAML node.
 #pragma once
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/store/store.h"
@@ -19,6 +21,16 @@ struct SweepConfig {
   std::string db;           // absolute; "" when the config names none
   int workers = 1;
   std::string device = "cpu";  // cpu | cuda
+  // Worker placement (`devices:`): "" = from `device` (cpu: `workers` CPU workers; cuda: one
+  // worker per visible GPU), "auto" (one worker per visible GPU, CPU workers when none),
+  // "cpu", or "groups": one worker per entry of device_groups (GPU indices; with several,
+  // the model's layers are split over the group).
+  std::string devices;
+  std::vector<std::vector<int>> device_groups;
+  // `max_memory: {0: 20GiB, 1: 40GiB}`: per-GPU byte limits (index within a group) for the
+  // layer split; empty = even split by layer count.
+  std::vector<std::pair<int, int64_t>> max_memory;
+  std::string devices_where;  // "FILE:LINE:COL" of `devices:` (runtime placement errors)
   int retries = 1;
   double lease_seconds = 60;
   std::vector<JobSpec> jobs;  // unique keys, in expansion order

@@ -42,14 +42,23 @@ nlohmann::json scalar(const YAML::Node& n) {
   if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
   if (s == "true" || s == "True" || s == "TRUE") return true;
   if (s == "false" || s == "False" || s == "FALSE") return false;
+  // A number beyond double's range (1e999) is an error, not std::out_of_range escaping.
+  auto to_double = [&](const std::string& t) -> double {
+    try {
+      return std::stod(t);
+    } catch (const std::out_of_range&) {
+      const auto p = pos_of(n.Mark());
+      throw error("{}:{}: number '{}' is out of range", p.line, p.column, t);
+    }
+  };
   if (std::regex_match(s, int_re)) {
     try {
       return static_cast<int64_t>(std::stoll(s));
     } catch (...) {
-      return std::stod(s);
+      return to_double(s);
     }
   }
-  if (std::regex_match(s, float_re)) return std::stod(s);
+  if (std::regex_match(s, float_re)) return to_double(s);
   return s;
 }
 
@@ -62,7 +71,11 @@ struct Converter {
       case YAML::NodeType::Undefined:
         return nullptr;
       case YAML::NodeType::Scalar:
-        return scalar(n);
+        try {
+          return scalar(n);
+        } catch (const kvx::Error& e) {
+          throw error("{}:{}", doc.file, e.what());  // scalar() says LINE:COLUMN: ...
+        }
       case YAML::NodeType::Sequence: {
         nlohmann::json out = nlohmann::json::array();
         size_t i = 0;

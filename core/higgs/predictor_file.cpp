@@ -64,12 +64,26 @@ void write_attr(hid_t obj, const std::string& name, const nlohmann::json& v, con
   }
 }
 
+// Size in bytes of the file holding obj (0 when unknown: then nothing passes the caps below).
+uint64_t file_size(hid_t obj) {
+  const hid_t fid = H5Iget_file_id(obj);
+  if (fid < 0) return 0;
+  hsize_t n = 0;
+  if (H5Fget_filesize(fid, &n) < 0) n = 0;
+  H5Fclose(fid);
+  return uint64_t(n);
+}
+
 nlohmann::json read_attr(hid_t attr, const std::string& path, const std::string& name) {
   H type(H5Aget_type(attr), H5Tclose);
   switch (H5Tget_class(type)) {
     case H5T_STRING: {
       if (H5Tis_variable_str(type) > 0) throw error("{}: attribute '{}' is a variable-length string (not written by kvx)", path, name);
       const size_t n = H5Tget_size(type);
+      // A corrupted size must not become a huge allocation: no attribute is larger than its file.
+      if (n == 0 || n > file_size(attr))
+        throw error("{}: attribute '{}' claims a {}-byte string, more than the file holds (corrupted file?)", path,
+                    name, n);
       std::string s(n, '\0');
       H mem(H5Tcopy(H5T_C_S1), H5Tclose);
       H5Tset_size(mem, n);
@@ -128,8 +142,17 @@ at::Tensor read_dataset(hid_t loc, const std::string& name, const std::string& p
   H ds(checked(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), path, "open dataset " + name), H5Dclose);
   H space(H5Dget_space(ds), H5Sclose);
   const int nd = H5Sget_simple_extent_ndims(space);
-  std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
-  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  if (nd < 0 || nd > 8) throw error("{}: dataset '{}' has an unreadable shape (corrupted file?)", path, name);
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  if (H5Sget_simple_extent_dims(space, dims.data(), nullptr) < 0)
+    throw error("{}: dataset '{}' has an unreadable shape (corrupted file?)", path, name);
+  // Cap the allocation by the file size: every element takes at least a byte in the file.
+  const uint64_t limit = file_size(ds);
+  uint64_t numel = 1;
+  for (hsize_t d : dims)
+    if (__builtin_mul_overflow(numel, uint64_t(d), &numel) || numel > limit)
+      throw error("{}: dataset '{}' claims more elements than the file of {} bytes holds (corrupted file?)", path,
+                  name, limit);
   std::vector<int64_t> sz(dims.begin(), dims.end());
   auto t = at::empty(sz, dtype);
   check(H5Dread(ds, dtype == at::kDouble ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
@@ -185,8 +208,16 @@ PredictorSet read_predictor_file(const std::string& path) {
   p.attrs = read_attrs(f, path);
   if (!p.attrs.contains("format") || p.attrs["format"] != "kvx-aqua-predictors")
     throw error("{}: not a kvx AQUA-KV predictor file (attribute format != 'kvx-aqua-predictors')", path);
-  const int64_t L = p.attrs.value("n_layers", int64_t(0)), C = p.attrs.value("channels", int64_t(0));
+  auto int_attr = [&](const char* k) -> int64_t {
+    if (!p.attrs.contains(k)) return 0;
+    if (!p.attrs[k].is_number_integer()) throw error("{}: attribute '{}' must be an integer", path, k);
+    return p.attrs[k].get<int64_t>();
+  };
+  const int64_t L = int_attr("n_layers"), C = int_attr("channels");
   if (L < 1 || C < 1) throw error("{}: attributes n_layers and channels must be positive", path);
+  // Both size allocations below; a file cannot describe more layers or channels than it has bytes.
+  if (uint64_t(L) > file_size(f) || uint64_t(C) > file_size(f))
+    throw error("{}: attributes n_layers = {} and channels = {} are larger than the file (corrupted file?)", path, L, C);
   p.key.resize(size_t(L));
   p.value.resize(size_t(L));
   for (int64_t l = 1; l < L; ++l) {

@@ -17,14 +17,19 @@ std::string sizes_str(const at::Tensor& t) {
   return s + "]";
 }
 
-// allowed[t, i]: may the query at absolute position pos0 + t use entry i?
+// allowed[t, i]: may the query at absolute position pos0 + t use entry i? With per-head
+// positions (AttnInputs::head_pos) the result is allowed[h, t, i] per KV head.
 at::Tensor visibility(const AttnInputs& a, int64_t pos0, int64_t T, const AttentionOptions& opt) {
-  auto kp = a.key_pos.to(at::kLong).unsqueeze(0);                                          // [1, N]
+  const bool per_head = a.head_pos.defined();
+  auto kp = per_head ? a.head_pos.to(at::kLong).unsqueeze(1)                               // [Hkv, 1, N]
+                     : a.key_pos.to(at::kLong).unsqueeze(0);                               // [1, N]
   auto qp = at::arange(pos0, pos0 + T, a.key_pos.options().dtype(at::kLong)).unsqueeze(1);  // [T, 1]
   at::Tensor ok = kp <= qp;
   if (a.window >= 0) ok = ok.logical_and((kp < a.sink).logical_or((qp - kp) < a.window));
   if (opt.model_window > 0) ok = ok.logical_and((qp - kp) < opt.model_window);
-  return ok.logical_or(kp == -1);  // summaries are visible to every query
+  ok = ok.logical_or(kp == -1);  // summaries are visible to every query
+  if (per_head) ok = ok.logical_and(kp >= -1);  // -2: empty padding slot of a shorter head
+  return ok;
 }
 
 }  // namespace
@@ -42,9 +47,12 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
     throw error("cache policy '{}' returned malformed attention inputs at layer {}: expected k, v "
                 "[{}, {}, N, {}] and key_pos [N], got k {}, v {}, key_pos {}", cache.name(), layer, B, Hkv, D,
                 sizes_str(a.k), sizes_str(a.v), sizes_str(a.key_pos));
+  if (a.head_pos.defined() && (a.head_pos.dim() != 2 || a.head_pos.size(0) != Hkv || a.head_pos.size(1) != a.k.size(2)))
+    throw error("cache policy '{}' returned head_pos {} at layer {}, expected [{}, {}]", cache.name(),
+                sizes_str(a.head_pos), layer, Hkv, a.k.size(2));
   const int64_t N = a.k.size(2);
   at::Tensor k = a.k.to(q.scalar_type()), v = a.v.to(q.scalar_type());
-  at::Tensor allowed = visibility(a, step.pos0, T, opt);  // [T, N]
+  at::Tensor allowed = visibility(a, step.pos0, T, opt);  // [T, N], or [Hkv, T, N] with head_pos
   // Query head h = kv*G + g; folding g into the token axis lets one matmul serve the group.
   at::Tensor qg = q.reshape({B, Hkv, G * T, D});
   at::Tensor out;  // [B, Hkv, G*T, D]
@@ -53,7 +61,8 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   if (q.is_cuda() && !cache.wants_attention()) {
     const double def_scale = 1.0 / std::sqrt(double(D));
     at::Tensor qs = std::abs(opt.scale - def_scale) > 1e-12 ? qg * (opt.scale / def_scale) : qg;
-    at::Tensor mask = allowed.repeat({G, 1});  // [G*T, N]: row g*T + t
+    at::Tensor mask = allowed.dim() == 3 ? allowed.unsqueeze(1).expand({Hkv, G, T, N}).reshape({Hkv, G * T, N})
+                                         : allowed.repeat({G, 1});  // [G*T, N]: row g*T + t
     out = at::scaled_dot_product_attention(qs, k, v, mask);
     impl = "sdpa";
     return out.reshape({B, Hq, T, D}).transpose(1, 2).reshape({B, T, Hq * D});
@@ -61,9 +70,10 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
 #endif
   at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).to(at::kFloat).mul_(opt.scale);  // [B,Hkv,G*T,N]
   scores = scores.view({B, Hkv, G, T, N});
-  scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  scores.masked_fill_((allowed.dim() == 3 ? allowed.unsqueeze(1) : allowed).logical_not(),
+                      -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);
-  if (cache.wants_attention()) cache.observe_attention(layer, probs.view({B, Hq, T, N}), step);
+  if (cache.wants_attention()) cache.observe_attention(layer, probs.detach().view({B, Hq, T, N}), step);  // selection is not trained
   out = at::matmul(probs.view({B, Hkv, G * T, N}).to(q.scalar_type()), v);
   impl = "matmul";
   return out.view({B, Hq, T, D}).transpose(1, 2).reshape({B, T, Hq * D});

@@ -3,6 +3,8 @@
 // so every projection is one at::linear.
 #include <c10/core/InferenceMode.h>
 
+#include <optional>
+
 #include "core/common/error.h"
 #include "core/model/attention.h"
 #include "core/model/model_impl.h"
@@ -12,13 +14,16 @@ namespace {
 
 class Gpt2Model final : public CausalLM {
  public:
-  Gpt2Model(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev)
-      : CausalLM(cfg, dir, dt, dev) {
+  Gpt2Model(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev,
+            const LayerSplit& sp)
+      : CausalLM(cfg, dir, dt, dev, sp) {
     const int64_t E = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size, P = cfg.max_positions;
     // transformers saves GPT2LMHeadModel with a "transformer." prefix; bare GPT2Model without.
-    const std::string pre = ck.has("transformer.wte.weight") ? "transformer." : "";
+    pre_ = ck.has("transformer.wte.weight") ? "transformer." : "";
+    const std::string& pre = pre_;
+    at::Device cur = dev;  // a split puts each layer on its own device, the head on the last
     auto load = [&](const std::string& name, std::vector<int64_t> shape) {
-      return ck.load(pre + name, shape, dt, dev);
+      return ck.load(pre + name, shape, dt, cur);
     };
     auto conv1d = [&](const std::string& name, int64_t in, int64_t out) {
       return load(name, {in, out}).t().contiguous();  // [in, out] -> [out, in] for at::linear
@@ -27,6 +32,7 @@ class Gpt2Model final : public CausalLM {
     wpe_ = load("wpe.weight", {P, E});
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       const std::string p = "h." + std::to_string(l) + ".";
+      cur = layer_device(l);
       Layer L;
       L.ln1w = load(p + "ln_1.weight", {E});
       L.ln1b = load(p + "ln_1.bias", {E});
@@ -42,13 +48,15 @@ class Gpt2Model final : public CausalLM {
       L.bproj = load(p + "mlp.c_proj.bias", {E});
       layers_.push_back(std::move(L));
     }
+    cur = head_device();
     lnfw_ = load("ln_f.weight", {E});
     lnfb_ = load("ln_f.bias", {E});
-    head_ = cfg.tie_word_embeddings ? wte_ : ck.load("lm_head.weight", {V, E}, dt, dev);
+    head_ = cfg.tie_word_embeddings ? wte_.to(cur) : ck.load("lm_head.weight", {V, E}, dt, cur);  // same device: no copy
   }
 
   at::Tensor forward(const at::Tensor& ids_in, int64_t pos0, KVCachePolicy& cache) override {
-    c10::InferenceMode guard;
+    std::optional<c10::InferenceMode> guard;  // training: autograd as the caller's grad mode says
+    if (!training_) guard.emplace();
     at::Tensor ids = check_ids(ids_in, cfg_.vocab_size, device_);
     const int64_t B = ids.size(0), T = ids.size(1), E = cfg_.hidden_size, H = cfg_.n_heads, D = cfg_.head_dim;
     if (pos0 < 0 || pos0 + T > cfg_.max_positions)
@@ -61,6 +69,7 @@ class Gpt2Model final : public CausalLM {
     at::Tensor x = at::embedding(wte_, ids) + wpe_.narrow(0, pos0, T).unsqueeze(0);
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
       const Layer& L = layers_[l];
+      if (split()) x = x.to(layer_device(l));  // pipeline split: the hidden state follows the layers
       at::Tensor qkv = at::linear(at::layer_norm(x, {E}, L.ln1w, L.ln1b, cfg_.norm_eps), L.wqkv, L.bqkv);
       at::Tensor q = qkv.narrow(-1, 0, E).view({B, T, H, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, E, E).view({B, T, H, D}).transpose(1, 2).contiguous();
@@ -74,10 +83,68 @@ class Gpt2Model final : public CausalLM {
       x = x + at::linear(activation(h), L.wproj, L.bproj);
     }
     cache.end_step(step);
+    if (split()) x = x.to(head_device());
     return at::linear(at::layer_norm(x, {E}, lnfw_, lnfb_, cfg_.norm_eps), head_).to(at::kFloat);
   }
 
+  void enable_training() override {
+    if (training_) return;
+    for (at::Tensor* w : weights()) *w = trainable_copy(*w);
+    if (cfg_.tie_word_embeddings) head_ = wte_;
+    training_ = true;
+  }
+
+  std::vector<at::Tensor> parameters() const override {
+    std::vector<at::Tensor> out;
+    for (at::Tensor* w : const_cast<Gpt2Model*>(this)->weights())
+      if (w->defined()) out.push_back(*w);
+    return out;
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> hf_state_dict() const override {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    auto put = [&](const std::string& name, const at::Tensor& t) {
+      out.emplace_back(pre_ + name, t.detach().contiguous());
+    };
+    auto conv1d = [&](const std::string& name, const at::Tensor& t) { put(name, t.t()); };  // back to [in, out]
+    put("wte.weight", wte_);
+    put("wpe.weight", wpe_);
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const std::string p = "h." + std::to_string(l) + ".";
+      const Layer& L = layers_[size_t(l)];
+      put(p + "ln_1.weight", L.ln1w);
+      put(p + "ln_1.bias", L.ln1b);
+      conv1d(p + "attn.c_attn.weight", L.wqkv);
+      put(p + "attn.c_attn.bias", L.bqkv);
+      conv1d(p + "attn.c_proj.weight", L.wo);
+      put(p + "attn.c_proj.bias", L.bo);
+      put(p + "ln_2.weight", L.ln2w);
+      put(p + "ln_2.bias", L.ln2b);
+      conv1d(p + "mlp.c_fc.weight", L.wfc);
+      put(p + "mlp.c_fc.bias", L.bfc);
+      conv1d(p + "mlp.c_proj.weight", L.wproj);
+      put(p + "mlp.c_proj.bias", L.bproj);
+    }
+    put("ln_f.weight", lnfw_);
+    put("ln_f.bias", lnfb_);
+    if (!cfg_.tie_word_embeddings) out.emplace_back("lm_head.weight", head_.detach().contiguous());
+    return out;
+  }
+
  private:
+  // Every weight once (the tied head is not listed: it aliases wte_).
+  std::vector<at::Tensor*> weights() {
+    std::vector<at::Tensor*> w = {&wte_, &wpe_};
+    for (Layer& L : layers_)
+      for (at::Tensor* t : {&L.ln1w, &L.ln1b, &L.wqkv, &L.bqkv, &L.wo, &L.bo, &L.ln2w, &L.ln2b, &L.wfc, &L.bfc,
+                            &L.wproj, &L.bproj})
+        w.push_back(t);
+    w.push_back(&lnfw_);
+    w.push_back(&lnfb_);
+    if (!cfg_.tie_word_embeddings) w.push_back(&head_);
+    return w;
+  }
+
   at::Tensor activation(const at::Tensor& h) const {
     if (cfg_.activation == "gelu_new") return at::gelu(h, "tanh");
     if (cfg_.activation == "gelu") return at::gelu(h);
@@ -88,15 +155,16 @@ class Gpt2Model final : public CausalLM {
     at::Tensor ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, wfc, bfc, wproj, bproj;
   };
   at::Tensor wte_, wpe_, lnfw_, lnfb_, head_;
+  std::string pre_;  // "transformer." when the checkpoint was saved from GPT2LMHeadModel
   std::vector<Layer> layers_;
 };
 
 }  // namespace
 
 std::shared_ptr<CausalLM> make_gpt2(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
-                                    at::ScalarType dtype, at::Device device) {
+                                    at::ScalarType dtype, at::Device device, const LayerSplit& split) {
   c10::InferenceMode guard;
-  return std::make_shared<Gpt2Model>(cfg, dir, ckpt, dtype, device);
+  return std::make_shared<Gpt2Model>(cfg, dir, ckpt, dtype, device, split);
 }
 
 }  // namespace kvx::detail

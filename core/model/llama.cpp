@@ -2,6 +2,8 @@
 // policy, SwiGLU MLP. q/k/v and gate/up projections are fused at load (one matmul each).
 #include <c10/core/InferenceMode.h>
 
+#include <optional>
+
 #include "core/common/error.h"
 #include "core/model/attention.h"
 #include "core/model/model_impl.h"
@@ -12,14 +14,17 @@ namespace {
 
 class LlamaModel final : public CausalLM {
  public:
-  LlamaModel(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev)
-      : CausalLM(cfg, dir, dt, dev) {
+  LlamaModel(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev,
+             const LayerSplit& sp)
+      : CausalLM(cfg, dir, dt, dev, sp) {
     const int64_t H = cfg.hidden_size, D = cfg.head_dim, Hq = cfg.n_heads, Hkv = cfg.n_kv_heads;
     const int64_t I = cfg.intermediate_size, V = cfg.vocab_size;
-    auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ck.load(name, shape, dt, dev); };
+    at::Device cur = dev;  // a split puts each layer on its own device, the head on the last
+    auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ck.load(name, shape, dt, cur); };
     embed_ = load("model.embed_tokens.weight", {V, H});
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
+      cur = layer_device(l);
       Layer L;
       L.ln1 = load(p + "input_layernorm.weight", {H});
       L.ln2 = load(p + "post_attention_layernorm.weight", {H});
@@ -38,16 +43,19 @@ class LlamaModel final : public CausalLM {
       }
       layers_.push_back(std::move(L));
     }
+    cur = head_device();
     norm_ = load("model.norm.weight", {H});
     // Tied checkpoints usually omit lm_head.weight; an untied one must have it.
-    head_ = cfg.tie_word_embeddings ? embed_ : load("lm_head.weight", {V, H});
+    head_ = cfg.tie_word_embeddings ? embed_.to(cur) : load("lm_head.weight", {V, H});  // same device: no copy
     rope_ = std::make_unique<Rope>(D, cfg.rope, std::min<int64_t>(cfg.max_positions, 1 << 16), dev);
+    if (split()) make_split_ropes(D, cfg.rope, std::min<int64_t>(cfg.max_positions, 1 << 16));
     opt_.scale = 1.0 / std::sqrt(double(D));
     opt_.model_window = cfg.sliding_window;
   }
 
   at::Tensor forward(const at::Tensor& ids_in, int64_t pos0, KVCachePolicy& cache) override {
-    c10::InferenceMode guard;
+    std::optional<c10::InferenceMode> guard;  // training: autograd as the caller's grad mode says
+    if (!training_) guard.emplace();
     if (pos0 < 0) throw error("forward: pos0 must be >= 0, got {}", pos0);
     at::Tensor ids = check_ids(ids_in, cfg_.vocab_size, device_);
     const int64_t B = ids.size(0), T = ids.size(1);
@@ -59,22 +67,85 @@ class LlamaModel final : public CausalLM {
     at::Tensor x = at::embedding(embed_, ids);  // [B, T, H]
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
       const Layer& L = layers_[l];
+      if (split()) {  // pipeline split: the hidden state follows the layers
+        x = x.to(layer_device(l));
+        step.rope = layer_rope(l);
+      }
       at::Tensor qkv = at::linear(rms_norm(x, L.ln1), L.wqkv, L.bqkv);
       at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
       at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
-      q = rope_->apply_range(q, pos0);
-      k = rope_->apply_range(k, pos0).contiguous();
+      q = step.rope->apply_range(q, pos0);
+      k = step.rope->apply_range(k, pos0).contiguous();
       at::Tensor a = cached_attention(q, k, v, static_cast<int>(l), step, cache, opt_, attn_impl_);
       x = x + at::linear(a, L.wo, L.bo);
       at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
       x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.wd, L.bd);
     }
     cache.end_step(step);
+    if (split()) x = x.to(head_device());
     return at::linear(rms_norm(x, norm_), head_).to(at::kFloat);
   }
 
+  void enable_training() override {
+    if (training_) return;
+    for (at::Tensor* w : weights()) *w = trainable_copy(*w);
+    if (cfg_.tie_word_embeddings) head_ = embed_;
+    training_ = true;
+  }
+
+  std::vector<at::Tensor> parameters() const override {
+    std::vector<at::Tensor> out;
+    for (at::Tensor* w : const_cast<LlamaModel*>(this)->weights())
+      if (w->defined()) out.push_back(*w);
+    return out;
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> hf_state_dict() const override {
+    const int64_t D = cfg_.head_dim, Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads, I = cfg_.intermediate_size;
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    auto put = [&](const std::string& name, const at::Tensor& t) { out.emplace_back(name, t.detach().contiguous()); };
+    put("model.embed_tokens.weight", embed_);
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      const Layer& L = layers_[size_t(l)];
+      put(p + "input_layernorm.weight", L.ln1);
+      put(p + "post_attention_layernorm.weight", L.ln2);
+      put(p + "self_attn.q_proj.weight", L.wqkv.narrow(0, 0, Hq * D));
+      put(p + "self_attn.k_proj.weight", L.wqkv.narrow(0, Hq * D, Hkv * D));
+      put(p + "self_attn.v_proj.weight", L.wqkv.narrow(0, (Hq + Hkv) * D, Hkv * D));
+      if (L.bqkv.defined()) {
+        put(p + "self_attn.q_proj.bias", L.bqkv.narrow(0, 0, Hq * D));
+        put(p + "self_attn.k_proj.bias", L.bqkv.narrow(0, Hq * D, Hkv * D));
+        put(p + "self_attn.v_proj.bias", L.bqkv.narrow(0, (Hq + Hkv) * D, Hkv * D));
+      }
+      put(p + "self_attn.o_proj.weight", L.wo);
+      if (L.bo.defined()) put(p + "self_attn.o_proj.bias", L.bo);
+      put(p + "mlp.gate_proj.weight", L.wgu.narrow(0, 0, I));
+      put(p + "mlp.up_proj.weight", L.wgu.narrow(0, I, I));
+      put(p + "mlp.down_proj.weight", L.wd);
+      if (L.bgu.defined()) {
+        put(p + "mlp.gate_proj.bias", L.bgu.narrow(0, 0, I));
+        put(p + "mlp.up_proj.bias", L.bgu.narrow(0, I, I));
+      }
+      if (L.bd.defined()) put(p + "mlp.down_proj.bias", L.bd);
+    }
+    put("model.norm.weight", norm_);
+    if (!cfg_.tie_word_embeddings) put("lm_head.weight", head_);
+    return out;
+  }
+
  private:
+  // Every weight once (the tied head is not listed: it aliases embed_).
+  std::vector<at::Tensor*> weights() {
+    std::vector<at::Tensor*> w = {&embed_};
+    for (Layer& L : layers_)
+      for (at::Tensor* t : {&L.ln1, &L.ln2, &L.wqkv, &L.bqkv, &L.wo, &L.bo, &L.wgu, &L.bgu, &L.wd, &L.bd}) w.push_back(t);
+    w.push_back(&norm_);
+    if (!cfg_.tie_word_embeddings) w.push_back(&head_);
+    return w;
+  }
+
   // transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale.
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const {
     at::Tensor xf = x.to(at::kFloat);
@@ -93,9 +164,9 @@ class LlamaModel final : public CausalLM {
 }  // namespace
 
 std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
-                                     at::ScalarType dtype, at::Device device) {
+                                     at::ScalarType dtype, at::Device device, const LayerSplit& split) {
   c10::InferenceMode guard;
-  return std::make_shared<LlamaModel>(cfg, dir, ckpt, dtype, device);
+  return std::make_shared<LlamaModel>(cfg, dir, ckpt, dtype, device, split);
 }
 
 }  // namespace kvx::detail

@@ -9,8 +9,29 @@
 
 namespace kvx {
 
-CausalLM::CausalLM(ModelConfig cfg, std::string path, at::ScalarType dtype, at::Device device)
-    : cfg_(std::move(cfg)), path_(std::move(path)), dtype_(dtype), device_(device) {}
+CausalLM::CausalLM(ModelConfig cfg, std::string path, at::ScalarType dtype, at::Device device,
+                   const LayerSplit& split)
+    : cfg_(std::move(cfg)), path_(std::move(path)), dtype_(dtype), device_(device),
+      layer_devices_(split.layers), head_device_(split.head) {}
+
+const Rope* CausalLM::layer_rope(int64_t l) const {
+  return split() && !layer_ropes_.empty() ? layer_ropes_[size_t(l)].get() : rope_.get();
+}
+
+void CausalLM::make_split_ropes(int64_t head_dim, const RopeConfig& cfg, int64_t table_positions) {
+  layer_ropes_.clear();
+  std::vector<std::pair<at::Device, std::shared_ptr<Rope>>> made;
+  for (const auto& d : layer_devices_) {
+    std::shared_ptr<Rope> r;
+    for (const auto& [md, mr] : made)
+      if (md == d) r = mr;
+    if (!r) {
+      r = std::make_shared<Rope>(head_dim, cfg, table_positions, d);
+      made.emplace_back(d, r);
+    }
+    layer_ropes_.push_back(r);
+  }
+}
 
 CausalLM::~CausalLM() = default;
 
@@ -49,6 +70,11 @@ at::Device parse_device(const std::string& d) {
 }
 
 std::shared_ptr<CausalLM> load_model(const std::string& dir, const std::string& device, const std::string& dtype) {
+  if (device.find(',') != std::string::npos || device.find('@') != std::string::npos) {
+    const Placement p = parse_placement(device);
+    if (p.split()) return load_model_split(dir, p, dtype);
+    return load_model(dir, p.devices[0].str(), dtype);
+  }
   const at::ScalarType dt = parse_compute_dtype(dtype);
   const at::Device dev = parse_device(device);
   if (dev.is_cpu() && dt == at::kHalf)
@@ -60,7 +86,46 @@ std::shared_ptr<CausalLM> load_model(const std::string& dir, const std::string& 
   return detail::make_llama(cfg, dir, ckpt, dt, dev);
 }
 
+namespace {
+
+// Weight bytes for the placement: one layer, the embedding, the head (a tied head is copied
+// to the last device, so it counts there too).
+std::vector<int64_t> split_sizes(const ModelConfig& c, at::ScalarType dt) {
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t layer = c.arch == Arch::Gpt2 ? 4 * H * H + 2 * H * I + 9 * H + I
+                                             : H * (c.n_heads + 2 * c.n_kv_heads) * D + c.n_heads * D * H + 3 * H * I + 2 * H;
+  const int64_t es = static_cast<int64_t>(c10::elementSize(dt));
+  const int64_t embed = V * H + (c.arch == Arch::Gpt2 ? c.max_positions * H : 0);
+  return {layer * es, embed * es, (V * H + 2 * H) * es};
+}
+
+}  // namespace
+
+std::shared_ptr<CausalLM> load_model_split(const std::string& dir, const Placement& p, const std::string& dtype) {
+  const at::ScalarType dt = parse_compute_dtype(dtype);
+  for (const auto& d : p.devices)
+    if (d.is_cpu() && dt == at::kHalf)
+      throw error("{}: float16 compute is not supported on CPU (use float32 or bfloat16)", dir);
+  if (::access(dir.c_str(), R_OK) != 0) throw error("{}: model folder not found", dir);
+  const ModelConfig cfg = load_model_config(dir + "/config.json");
+  const auto sz = split_sizes(cfg, dt);
+  const std::vector<int> where = assign_layers(cfg.n_layers, sz[0], sz[1], sz[2], p);
+  LayerSplit split;
+  for (int d : where) split.layers.push_back(p.devices[size_t(d)]);
+  split.head = p.devices.back();
+  Checkpoint ckpt(dir);
+  if (cfg.arch == Arch::Gpt2) return detail::make_gpt2(cfg, dir, ckpt, dt, p.devices[0], split);
+  return detail::make_llama(cfg, dir, ckpt, dt, p.devices[0], split);
+}
+
 namespace detail {
+
+at::Tensor trainable_copy(const at::Tensor& w) {
+  if (!w.defined()) return w;
+  at::Tensor t = w.clone();  // clone outside InferenceMode: a normal (non-inference) tensor
+  t.requires_grad_(true);
+  return t;
+}
 
 at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device) {
   if (!ids.defined() || ids.dim() != 2 || ids.size(1) == 0)

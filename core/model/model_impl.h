@@ -8,10 +8,15 @@
 
 namespace kvx::detail {
 
+// split: each layer's device and the head's (empty: everything on `device`).
 std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
-                                     at::ScalarType dtype, at::Device device);
+                                     at::ScalarType dtype, at::Device device, const LayerSplit& split = {});
 std::shared_ptr<CausalLM> make_gpt2(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
-                                    at::ScalarType dtype, at::Device device);
+                                    at::ScalarType dtype, at::Device device, const LayerSplit& split = {});
+
+// kvx train: a leaf copy of a loaded weight with requires_grad (undefined stays undefined).
+// Call outside InferenceMode.
+at::Tensor trainable_copy(const at::Tensor& w);
 
 // Validates ids ([B, T] integer, values in [0, vocab)) and moves them to the model device.
 at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device);

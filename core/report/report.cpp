@@ -210,7 +210,7 @@ class Builder {
   void choose_metrics() {
     metrics_ = split_commas(opt_.metrics);
     for (const auto& m : metrics_)
-      if (!metric_names_.count(m))
+      if (!metric_names_.count(m) && !metric_names_.empty())  // no results yet: nothing to check against
         throw error("--metric: no metric named '{}' (metrics: {})", m,
                     metric_names_.empty() ? "none" : join({metric_names_.begin(), metric_names_.end()}));
     if (metrics_.empty()) {

@@ -19,6 +19,7 @@
 #include "core/grid/sweep_config.h"
 #include "core/runner/environment.h"
 #include "core/runner/progress.h"
+#include "core/runner/shard.h"
 #include "core/store/store.h"
 
 namespace fs = std::filesystem;
@@ -31,18 +32,30 @@ extern "C" void on_parent_signal(int sig) { g_signal = sig; }
 
 std::string default_db() { return fs::absolute("results/kvx.db").lexically_normal().string(); }
 
-struct Child {
-  pid_t pid;
-  std::string gpu;  // "" on CPU
+// Where one worker runs: device cpu or cuda; gpu = its CUDA_VISIBLE_DEVICES ("" on CPU; "2,3"
+// for a group, whose model is then split over the group's GPUs, max_memory limits per GPU).
+struct Slot {
+  std::string device = "cpu";
+  std::string gpu;
+  std::string max_memory;  // "0=BYTES,1=BYTES" ("" = even split)
 };
 
-pid_t spawn_worker(const RunOptions& opt, const std::string& db, int64_t sweep_id, const std::string& device,
-                   double lease, const std::string& gpu) {
+struct Child {
+  pid_t pid;
+  Slot slot;
+};
+
+pid_t spawn_worker(const RunOptions& opt, const std::string& db, int64_t sweep_id, double lease, const Slot& slot) {
+  const std::string& gpu = slot.gpu;
   std::vector<std::string> args = {"kvx",     "worker",      "--db",   db, "--sweep-id", std::to_string(sweep_id),
-                                   "--device", device,       "--lease", fmt::format("{}", lease)};
+                                   "--device", slot.device,  "--lease", fmt::format("{}", lease)};
   if (!gpu.empty()) {
     args.push_back("--gpu");
     args.push_back(gpu);
+  }
+  if (!slot.max_memory.empty()) {
+    args.push_back("--max-memory");
+    args.push_back(slot.max_memory);
   }
   pid_t parent = getpid();
   pid_t pid = fork();
@@ -60,6 +73,45 @@ pid_t spawn_worker(const RunOptions& opt, const std::string& db, int64_t sweep_i
     _exit(127);
   }
   return pid;
+}
+
+// One Slot per worker: `devices:` (auto / cpu / groups) or the older `device:` key.
+std::vector<Slot> worker_slots(const grid::SweepConfig& cfg, int n_cpu_workers) {
+  const std::string where = cfg.devices_where.empty() ? cfg.file : cfg.devices_where;
+  std::vector<Slot> out;
+  auto cpu = [&] {
+    for (int i = 0; i < std::max(1, n_cpu_workers); ++i) out.push_back(Slot{});
+    return out;
+  };
+  if (cfg.devices == "cpu" || (cfg.devices.empty() && cfg.device == "cpu")) return cpu();
+  const std::vector<std::string> gpus = visible_gpus();
+  if (cfg.devices == "auto" || cfg.devices.empty()) {
+    if (gpus.empty()) {
+      if (cfg.devices == "auto") {
+        std::fprintf(stderr, "kvx: devices: auto: no GPU visible; running %d CPU worker%s\n", std::max(1, n_cpu_workers),
+                     n_cpu_workers == 1 ? "" : "s");
+        return cpu();
+      }
+      throw error("{}: device: cuda but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi -L)", cfg.file);
+    }
+    for (const auto& g : gpus) out.push_back(Slot{"cuda", g, ""});
+    return out;
+  }
+  // Groups: indices into the visible GPUs (under Slurm, CUDA_VISIBLE_DEVICES is the allocation).
+  for (const auto& group : cfg.device_groups) {
+    Slot s{"cuda", "", ""};
+    for (size_t k = 0; k < group.size(); ++k) {
+      if (group[k] >= static_cast<int>(gpus.size()))
+        throw error("{}: devices: GPU {} is not visible (this host shows {} GPU{}: CUDA_VISIBLE_DEVICES / nvidia-smi -L)",
+                    where, group[k], gpus.size(), gpus.size() == 1 ? "" : "s");
+      s.gpu += (k ? "," : "") + gpus[static_cast<size_t>(group[k])];
+    }
+    if (group.size() > 1)
+      for (const auto& [idx, bytes] : cfg.max_memory)
+        if (idx < static_cast<int>(group.size())) s.max_memory += fmt::format("{}{}={}", s.max_memory.empty() ? "" : ",", idx, bytes);
+    out.push_back(s);
+  }
+  return out;
 }
 
 std::string describe_exit(int status) {
@@ -149,6 +201,12 @@ int run_sweep(const RunOptions& opt) {
   if (fs::exists(db) && fs::file_size(db) > 0) lookup = std::make_unique<Store>(db, Store::Access::ReadOnly);
   grid::FileHasher hasher(lookup.get());
   grid::SweepConfig cfg = grid::load_sweep(opt.config, hasher);
+  if (!opt.shard.empty()) {
+    const Shard sh = parse_shard(opt.shard);
+    const size_t all = cfg.jobs.size();
+    cfg.jobs = jobs_in_shard(cfg.jobs, sh);
+    std::fprintf(stderr, "kvx: shard %d/%d: %zu of %zu jobs\n", sh.index, sh.count, cfg.jobs.size(), all);
+  }
   std::vector<std::string> keys;
   for (const auto& j : cfg.jobs) keys.push_back(j.key);
   std::map<std::string, std::string> status;
@@ -159,13 +217,9 @@ int run_sweep(const RunOptions& opt) {
   lookup.reset();
 
   const double lease = opt.lease_seconds > 0 ? opt.lease_seconds : cfg.lease_seconds;
-  std::vector<std::string> gpus;
   int n_workers = opt.workers > 0 ? opt.workers : cfg.workers;
-  if (cfg.device == "cuda") {
-    gpus = visible_gpus();
-    if (gpus.empty()) throw error("{}: device: cuda but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi -L)", cfg.file);
-    n_workers = static_cast<int>(gpus.size());
-  }
+  const std::vector<Slot> slots = worker_slots(cfg, n_workers);
+  n_workers = static_cast<int>(slots.size());
 
   // 2. Record the sweep and its jobs.
   fs::create_directories(fs::path(db).parent_path());
@@ -188,9 +242,9 @@ int run_sweep(const RunOptions& opt) {
   // Jobs left running by a killed run are reclaimed by the workers' claims.
   int to_start = static_cast<int>(std::min<int64_t>(n_workers, before.pending + before.running));
   for (int i = 0; i < to_start; ++i) {
-    std::string gpu = gpus.empty() ? "" : gpus[static_cast<size_t>(i)];
-    pid_t pid = spawn_worker(opt, db, sweep_id, cfg.device, lease, gpu);
-    children[pid] = {pid, gpu};
+    const Slot& slot = slots[static_cast<size_t>(i)];
+    pid_t pid = spawn_worker(opt, db, sweep_id, lease, slot);
+    children[pid] = {pid, slot};
   }
   int respawns_left = 3 * std::max(1, n_workers) + static_cast<int>(cfg.retries) * n_workers;
   Progress progress(cfg.name, before.done + before.failed);
@@ -230,8 +284,8 @@ int run_sweep(const RunOptions& opt) {
         store.fail_worker_jobs(who, "worker process " + describe_exit(status_code) + " while running this job");
         auto cnt = store.counts(sweep_id);
         if (cnt.pending > 0 && respawns_left-- > 0) {
-          pid_t np = spawn_worker(opt, db, sweep_id, cfg.device, lease, c.gpu);
-          children[np] = {np, c.gpu};
+          pid_t np = spawn_worker(opt, db, sweep_id, lease, c.slot);
+          children[np] = {np, c.slot};
         }
       }
       continue;

@@ -14,6 +14,7 @@ struct RunOptions {
   std::string db;           // overrides the config's db ("" = config's, else results/kvx.db)
   int workers = 0;          // overrides the config's workers (0 = config's)
   double lease_seconds = 0; // overrides the config's lease (0 = config's)
+  std::string shard;        // "i/N": run only the jobs whose key falls in shard i of N (Slurm arrays)
   bool dry_run = false;
   bool retry_failed = false;
   std::string format = "text";  // text | json

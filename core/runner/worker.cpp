@@ -3,11 +3,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <map>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -99,6 +101,30 @@ void check_finite(const nlohmann::json& m, const std::string& path) {
 
 }  // namespace
 
+std::string worker_device_string(const WorkerOptions& opt) {
+  if (opt.device != "cuda") return "cpu";
+  const size_t n = static_cast<size_t>(std::count(opt.gpu_index.begin(), opt.gpu_index.end(), ',')) + 1;
+  if (n == 1) return "cuda:0";
+  std::map<std::string, std::string> limit;  // "0=123,1=456"
+  std::string item;
+  for (char c : opt.max_memory + ",") {
+    if (c != ',') {
+      item += c;
+      continue;
+    }
+    auto eq = item.find('=');
+    if (eq != std::string::npos) limit[item.substr(0, eq)] = item.substr(eq + 1);
+    item.clear();
+  }
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += (i ? ",cuda:" : "cuda:") + std::to_string(i);
+    auto it = limit.find(std::to_string(i));
+    if (it != limit.end()) out += "@" + it->second;
+  }
+  return out;
+}
+
 int run_worker(const WorkerOptions& opt) {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
@@ -130,7 +156,7 @@ int run_worker(const WorkerOptions& opt) {
     g_cancel = g_stop;
     JobContext ctx;
     ctx.models = models.get();
-    ctx.device = opt.device == "cuda" ? "cuda:0" : "cpu";
+    ctx.device = worker_device_string(opt);
     ctx.cancel = &g_cancel;
     const double started = now_seconds();
     nlohmann::json metrics;

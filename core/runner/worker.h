@@ -14,8 +14,13 @@ struct WorkerOptions {
   long long sweep_id = 0;
   std::string device = "cpu";  // "cpu" or "cuda" (pinned by CUDA_VISIBLE_DEVICES: uses cuda:0)
   double lease_seconds = 60;
-  std::string gpu_index;       // physical GPU id for provenance ("" on CPU)
+  std::string gpu_index;       // physical GPU id(s) for provenance ("" on CPU; "2,3" for a group)
+  std::string max_memory;      // group only: "0=BYTES,1=BYTES" per-GPU limits for the layer split
 };
+
+// The device string the worker's jobs load models on: "cpu", "cuda:0", or for a group of n
+// GPUs "cuda:0@LIMIT,cuda:1@LIMIT,..." (a layer split, see core/model/placement.h).
+std::string worker_device_string(const WorkerOptions& opt);
 
 // Returns the process exit status: 0 when the sweep has nothing left to claim, 130 when stopped.
 int run_worker(const WorkerOptions& opt);

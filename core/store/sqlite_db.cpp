@@ -70,8 +70,11 @@ void Db::immediate(const std::function<void()>& fn) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
+    // The reason first: on a full disk SQLite has rolled back already, and the ROLLBACK below
+    // would replace it with "cannot rollback - no transaction is active".
+    const std::string reason = sqlite3_errmsg(db_);
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    fail(rc, "cannot commit");
+    throw error("{}: cannot commit: {}", path_, reason);
   }
 }
 

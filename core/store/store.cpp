@@ -112,7 +112,9 @@ Store::Store(const std::string& path, Access access) : path_(path), read_only_(a
       throw error("{}: not an SQLite database (refusing to touch it)", path);
   }
   db_ = std::make_unique<sql::Db>(path, read_only_);
-  check_existing(existed && size > 0);
+  // Even a 0-byte file may hold a schema: in WAL mode it lives in the -wal file until the first
+  // checkpoint, so ask SQLite rather than the file size.
+  check_existing(existed);
   if (!read_only_) {
     db_->exec("PRAGMA journal_mode=WAL");
     db_->exec("PRAGMA synchronous=NORMAL");
@@ -124,8 +126,8 @@ Store::Store(const std::string& path, Access access) : path_(path), read_only_(a
 Store::~Store() = default;
 
 // Read-only checks before anything is written to an existing file.
-void Store::check_existing(bool nonempty) {
-  if (!nonempty) return;
+void Store::check_existing(bool file_existed) {
+  if (!file_existed) return;
   auto tables = db_->prepare("SELECT name FROM sqlite_master WHERE type='table'");
   bool has_meta = false, any = false;
   while (tables.step()) {

@@ -19,6 +19,7 @@ struct Fixture {
   double logit_tol = 0.1;   // last-position logits vs transformers
   double chunk_tol = 1e-3;  // chunked prefill vs one pass
 };
+void PrintTo(const Fixture& f, std::ostream* os) { *os << f.name << " on " << f.device << " in " << f.dtype; }
 
 class Reference : public ::testing::TestWithParam<Fixture> {
  protected:

@@ -1,0 +1,79 @@
+#include "quantizers/razor.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "quantizers/selective_int8.h"
+
+namespace kvx {
+
+BudgetRule razor_rule(double fraction) {
+  return [fraction](const BudgetStats& st) {
+    const size_t L = st.scores.size(), H = L ? st.scores[0].size() : 0;
+    std::vector<std::pair<double, size_t>> mass;
+    for (size_t l = 0; l < L; ++l)
+      for (size_t h = 0; h < H; ++h) {
+        at::Tensor s = st.scores[l][h];
+        const int64_t n = s.size(0);
+        const double tot = s.sum().item<double>();
+        const int64_t a = std::min(st.sink, n), b = std::max(a, n - st.recent);
+        const double far = b > a ? s.narrow(0, a, b - a).sum().item<double>() : 0.0;
+        mass.push_back({tot > 0 ? far / tot : 0.0, l * H + h});
+      }
+    std::stable_sort(mass.begin(), mass.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+    const size_t nret = size_t(std::ceil(fraction * double(L * H) - 1e-9));
+    std::vector<std::vector<int64_t>> b(L, std::vector<int64_t>(H, st.sink + st.recent));
+    for (size_t i = 0; i < std::min(nret, mass.size()); ++i) b[mass[i].second / H][mass[i].second % H] = -1;
+    return b;
+  };
+}
+
+namespace {
+void check(const nlohmann::json& m) { require_no_codecs(m, "razor"); }
+
+std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
+  const auto& p = m.at("policy");
+  HeadBudgetConfig c;
+  c.name = "razor";
+  c.sink = p.at("sink_size").get<int64_t>();
+  c.recent = p.at("window_size").get<int64_t>();
+  c.prompt_len = p.at("prompt_len").get<int64_t>();
+  c.obs_window = p.at("obs_window").get<int64_t>();
+  c.compensation = true;
+  c.decide = razor_rule(p.at("retrieval_fraction").get<double>());
+  return make_head_budget_policy(std::move(c));
+}
+
+std::string label(const nlohmann::json& m) {
+  const auto& p = m["policy"];
+  return fmt::format("razor r{:g} s{} w{}", p["retrieval_fraction"].get<double>(), p["sink_size"].get<int64_t>(),
+                     p["window_size"].get<int64_t>());
+}
+}  // namespace
+
+MethodTraits razor_traits() {
+  MethodTraits t;
+  t.name = "razor";
+  t.kind = ComponentKind::Policy;
+  t.summary = "RazorAttention: retrieval heads keep all, others sinks+window+1 compensation token (mean of dropped); "
+              "simplification: retrieval heads = largest long-range attention mass on the prompt, not the echo/induction probe";
+  t.params = {
+      {"retrieval_fraction", ParamType::Float, 0.15, 0.0, 1.0, {}, "share of (layer, KV head) pairs kept in full"},
+      {"sink_size", ParamType::Int, 4, 0, 1 << 30, {}, "first positions kept by every head"},
+      {"window_size", ParamType::Int, 64, 1, 1 << 30, {}, "newest entries kept by every head"},
+      {"prompt_len", ParamType::Int, 128, 1, 1 << 30, {}, "tokens observed (kept in full) before heads are chosen"},
+      {"obs_window", ParamType::Int, 32, 1, 1 << 30, {}, "last query rows whose attention scores the heads"},
+  };
+  t.bits = "16";
+  t.needs_attention = true;
+  t.check = check;
+  t.make_policy = make;
+  t.label = label;
+  return t;
+}
+
+}  // namespace kvx
