@@ -6,6 +6,7 @@
 //   eviction_budget_ppl MODEL_DIR TEXT SEQ_LEN CHUNK WINDOWS METHOD [METHOD...]
 // METHOD: a kvx --method shorthand or a JSON method spec.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <chrono>
 #include <cmath>

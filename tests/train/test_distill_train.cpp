@@ -2,6 +2,7 @@
 // checkpoint loads and gives a finite perplexity, and --resume continues from the saved step
 // to the same weights as an uninterrupted run.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
