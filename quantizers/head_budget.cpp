@@ -1,6 +1,7 @@
 #include "quantizers/head_budget.h"
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <deque>
@@ -240,6 +241,16 @@ class HeadBudgetPolicy final : public KVCachePolicy {
 
 std::unique_ptr<KVCachePolicy> make_head_budget_policy(HeadBudgetConfig c) {
   return std::make_unique<HeadBudgetPolicy>(std::move(c));
+}
+
+HeadBudgetConfig head_budget_config(const std::string& name, const nlohmann::json& policy) {
+  HeadBudgetConfig c;
+  c.name = name;
+  c.sink = policy.at("sink_size").get<int64_t>();
+  c.recent = policy.at("window_size").get<int64_t>();
+  c.prompt_len = policy.at("prompt_len").get<int64_t>();
+  c.obs_window = policy.at("obs_window").get<int64_t>();
+  return c;
 }
 
 }  // namespace kvx

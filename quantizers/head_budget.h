@@ -21,6 +21,7 @@
 //     count each); scores live in host memory (offload, not in bpv).
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <functional>
 #include <string>
@@ -50,5 +51,8 @@ struct HeadBudgetConfig {
 };
 
 std::unique_ptr<KVCachePolicy> make_head_budget_policy(HeadBudgetConfig c);
+// The fields every head-budget method's schema shares: sink_size, window_size, prompt_len,
+// obs_window of the resolved `policy` component.
+HeadBudgetConfig head_budget_config(const std::string& name, const nlohmann::json& policy);
 
 }  // namespace kvx

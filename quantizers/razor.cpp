@@ -37,12 +37,7 @@ void check(const nlohmann::json& m) { require_no_codecs(m, "razor"); }
 
 std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
   const auto& p = m.at("policy");
-  HeadBudgetConfig c;
-  c.name = "razor";
-  c.sink = p.at("sink_size").get<int64_t>();
-  c.recent = p.at("window_size").get<int64_t>();
-  c.prompt_len = p.at("prompt_len").get<int64_t>();
-  c.obs_window = p.at("obs_window").get<int64_t>();
+  HeadBudgetConfig c = head_budget_config("razor", p);
   c.compensation = true;
   c.decide = razor_rule(p.at("retrieval_fraction").get<double>());
   return make_head_budget_policy(std::move(c));

@@ -45,12 +45,7 @@ void check(const nlohmann::json& m) { require_no_codecs(m, "uncomp"); }
 
 std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
   const auto& p = m.at("policy");
-  HeadBudgetConfig c;
-  c.name = "uncomp";
-  c.sink = p.at("sink_size").get<int64_t>();
-  c.recent = p.at("window_size").get<int64_t>();
-  c.prompt_len = p.at("prompt_len").get<int64_t>();
-  c.obs_window = p.at("obs_window").get<int64_t>();
+  HeadBudgetConfig c = head_budget_config("uncomp", p);
   c.decide = uncomp_rule(p.at("budget").get<int64_t>(), p.at("rank").get<int64_t>());
   return make_head_budget_policy(std::move(c));
 }
