@@ -2,6 +2,7 @@
 // predictor files and memory accounting.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -115,7 +116,8 @@ TEST(AquaPolicy, LayersOutOfOrderAreRefused) {
 class AquaWithPredictors : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = ::testing::TempDir() + "/kvx_aqua_policy";
+    // ctest runs these tests as parallel processes: one folder each.
+    dir_ = ::testing::TempDir() + "/kvx_aqua_policy" + std::to_string(::getpid());
     std::filesystem::create_directories(dir_);
     path_ = dir_ + "/pred.h5";
     std::filesystem::remove(path_);
@@ -137,6 +139,7 @@ class AquaWithPredictors : public ::testing::Test {
     higgs::write_predictor_file(path_, ps, false);
     written_ = ps;
   }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_, path_;
   int64_t L_ = 3, H_ = 2, D_ = 8, C_ = 16;
   higgs::PredictorSet written_;

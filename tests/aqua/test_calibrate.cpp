@@ -3,6 +3,7 @@
 // (valid relMSE < 1 on every layer >= 1).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -23,7 +24,7 @@ std::string src() {
 }  // namespace
 
 TEST(Calibrate, SmallCodeLlamaRoundTrip) {
-  const std::string dir = ::testing::TempDir() + "/kvx_calibrate_test";
+  const std::string dir = ::testing::TempDir() + "/kvx_calibrate_test" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
   // A slice of WikiText-2 valid keeps tokenization fast.
   std::ifstream in(src() + "/data/wikitext-2/valid.txt");

@@ -2,6 +2,7 @@
 // worked example and an independent slow implementation, and grid generation.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -187,7 +188,7 @@ TEST(Grid, GeneratedMatchesUpstreamMse) {
 }
 
 TEST(Grid, FileRoundTripAndErrors) {
-  const std::string dir = ::testing::TempDir() + "/kvx_grid_test";
+  const std::string dir = ::testing::TempDir() + "/kvx_grid_test" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
   const Grid up = upstream_grid_2_16();
   const std::string f = grid_file(dir, 2, 16);
