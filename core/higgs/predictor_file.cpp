@@ -111,17 +111,27 @@ nlohmann::json read_attrs(hid_t obj, const std::string& path) {
   struct Ctx {
     const std::string* path;
     nlohmann::json out = nlohmann::json::object();
+    std::string error;
   } ctx{&path};
   hsize_t idx = 0;
+  // The callback runs inside HDF5's C frames: an exception must not unwind through them (that
+  // leaves the library's iteration state half torn down, and a later close crashes), so it is
+  // carried out as a message and thrown once H5Aiterate2 has returned.
   H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
               [](hid_t loc, const char* name, const H5A_info_t*, void* data) -> herr_t {
                 auto* c = static_cast<Ctx*>(data);
-                H a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
-                if (a.id < 0) return -1;
-                c->out[name] = read_attr(a, *c->path, name);
-                return 0;
+                try {
+                  H a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+                  if (a.id < 0) return -1;
+                  c->out[name] = read_attr(a, *c->path, name);
+                  return 0;
+                } catch (const std::exception& e) {
+                  c->error = e.what();
+                  return -1;
+                }
               },
               &ctx);
+  if (!ctx.error.empty()) throw error("{}", ctx.error);
   return ctx.out;
 }
 
