@@ -103,7 +103,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
 
   double nll_sum = 0;
   int64_t scored = 0, forwarded = 0;
-  double kv_sum = 0, bpv_sum = 0, retained_sum = 0, body_bpv_sum = 0, paper_bpv_sum = 0;
+  double kv_sum = 0, bpv_sum = 0, retained_sum = 0, body_bpv_sum = 0, paper_bpv_sum = 0, q_norm_sum = 0;
   int64_t kv_max = 0, offload_max = 0, side_max = 0;
   const ModelInfo info = model.info();
   std::vector<int32_t> win(o.seq_len);
@@ -117,6 +117,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     std::copy(ids.begin() + windows[w].begin, ids.begin() + windows[w].begin + text_len, win.begin() + bos);
     const int64_t first_scored = std::max<int64_t>({1, o.warmup, w > 0 ? fresh_from : 0});
     std::unique_ptr<KVCachePolicy> policy = make_policy(method);
+    const KVCachePolicy& method_policy = *policy;  // unwrapped, for the QAQ-only figures below
     TimedPolicy* timed = nullptr;
     if (o.profile) {
       auto t = std::make_unique<TimedPolicy>(std::move(policy));
@@ -151,7 +152,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     kv_max = std::max(kv_max, r.device_bytes());
     bpv_sum += r.bpv(info, 1);
     body_bpv_sum += aqua_body_bpv(r);        // 0 for methods without AQUA blocks
-    paper_bpv_sum += qaq_paper_bpv(*policy);  // NaN for non-QAQ policies
+    paper_bpv_sum += qaq_paper_bpv(method_policy);  // NaN for non-QAQ policies
+    q_norm_sum += qaq_key_q_norm(method_policy);
     retained_sum += r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
     offload_max = std::max(offload_max, (r.offload_bits() + 7) / 8);
     side_max = std::max(side_max, (r.side_bits() + 7) / 8);
@@ -181,6 +183,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["retained_fraction"] = retained_sum / nw;
   if (body_bpv_sum > 0) m["body_bpv"] = body_bpv_sum / nw;
   if (std::isfinite(paper_bpv_sum)) m["paper_bpv"] = paper_bpv_sum / nw;
+  if (std::isfinite(q_norm_sum)) m["q_norm"] = q_norm_sum / nw;  // QAQ keys: the value used (auto: calibrated)
   if (o.profile) write_profile(m, times, prefill_s, decode_s);
   m["offload_bytes"] = offload_max;
   m["side_bytes"] = side_max;

@@ -21,10 +21,18 @@ void TimedPolicy::add_cache(const StepInfo& s, Clock::time_point t0) {
   (s.n_new > 1 ? times_.prefill_cache_s : times_.decode_cache_s) += dt;
 }
 
-AttnInputs TimedPolicy::update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) {
+void TimedPolicy::observe_queries(int layer, const at::Tensor& q, const StepInfo& s) {
   sync();
   const auto t0 = Clock::now();
   if (layer == 0) step_start_ = t0;
+  inner_.observe_queries(layer, q, s);
+  add_cache(s, t0);
+}
+
+AttnInputs TimedPolicy::update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) {
+  sync();
+  const auto t0 = Clock::now();
+  if (layer == 0 && !inner_.wants_queries()) step_start_ = t0;
   AttnInputs out = inner_.update(layer, k_new, v_new, s);
   add_cache(s, t0);
   return out;

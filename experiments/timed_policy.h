@@ -30,6 +30,8 @@ class TimedPolicy final : public KVCachePolicy {
   explicit TimedPolicy(std::unique_ptr<KVCachePolicy> owned) : owned_(std::move(owned)), inner_(*owned_) {}
   void reset(const ModelInfo& m, int64_t batch) override;
   AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override;
+  bool wants_queries() const override { return inner_.wants_queries(); }
+  void observe_queries(int layer, const at::Tensor& q, const StepInfo& s) override;
   bool wants_attention() const override { return inner_.wants_attention(); }
   void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) override;
   void end_step(const StepInfo& s) override;

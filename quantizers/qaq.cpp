@@ -154,4 +154,9 @@ double qaq_paper_bpv(const KVCachePolicy& p) {
   return q ? q->paper_bpv() : std::nan("");
 }
 
+double qaq_key_q_norm(const KVCachePolicy& p) {
+  const auto* q = dynamic_cast<const QaqPolicy*>(&p);
+  return q ? q->key_q_norm() : std::nan("");
+}
+
 }  // namespace kvx

@@ -24,9 +24,11 @@
 // Attention (value rule): observe_attention keeps the last W = last_n_attentions query rows of
 // every layer; a_t = max over those rows and over the query heads (and layers) the group covers.
 // Keys use only T and q_norm. The newest W−1 tokens get n_bits_max; T ≤ 1 keeps full precision.
-// q_norm: auto (stored as 0) needs the 90th percentile of ‖q/√D‖² from calibration queries,
-// which the model does not expose yet: set it with QaqPolicy::set_q_norm before the first
-// step, otherwise the job fails with an explanation.
+// q_norm: auto (stored as 0) is the 90th percentile of ‖q/√D‖² over the calibration queries:
+// every query the model hands over (observe_queries: all layers and query heads) in a sequence
+// until its first key quantization, i.e. the prompt (the first chunk with more than one token).
+// The value is fixed from then on and recomputed for each sequence (reset), so a window's result
+// does not depend on which windows ran before it.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -71,14 +73,17 @@ class QaqPolicy final : public KVCachePolicy {
   void reset(const ModelInfo& m, int64_t batch) override;
   AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new,
                     const StepInfo& s) override;
+  bool wants_queries() const override;
+  void observe_queries(int layer, const at::Tensor& q, const StepInfo& s) override;
   bool wants_attention() const override;
   void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) override;
   void end_step(const StepInfo& s) override;
   MemoryReport memory() const override;
   std::string name() const override { return "qaq"; }
 
-  // q_norm: auto — the calibrated 90th percentile of ‖q/√D‖².
-  void set_q_norm(double q_norm);
+  // The q_norm the key rule uses: the configured number, or with `auto` the calibrated one
+  // (NaN before calibration, or when keys do not use the rule).
+  double key_q_norm() const;
   // Section 3.6: bits per value by the upstream formula (keys and values averaged).
   double paper_bpv() const;
   // Width of one group (-1 = kept full precision). Index: head level (layer, b, h, t);
@@ -94,7 +99,8 @@ class QaqPolicy final : public KVCachePolicy {
 };
 
 std::unique_ptr<KVCachePolicy> make_qaq_policy(const nlohmann::json& resolved);
-// paper_bpv of a QaqPolicy; NaN for other policies.
+// paper_bpv / key_q_norm of a QaqPolicy; NaN for other policies.
 double qaq_paper_bpv(const KVCachePolicy& p);
+double qaq_key_q_norm(const KVCachePolicy& p);
 
 }  // namespace kvx

@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/common/error.h"
@@ -51,6 +52,9 @@ struct QaqPolicy::Impl {
   std::vector<at::Tensor> ring;  // per layer: last W query rows [B, Hq, w, N], CPU fp32
   std::vector<char> seen_attn;
   bool one_shot_done = false;
+  // q_norm: auto (section 3.4): ‖q/√D‖² of every query the model handed over in this sequence
+  // until the first key quantization; the 90th percentile of these is then fixed for the sequence.
+  std::vector<float> q_sq;
   double q_norm_calibrated = 0;
   int64_t requantized = 0;
 
@@ -173,6 +177,22 @@ struct QaqPolicy::Impl {
     return out;
   }
 
+  // 90th percentile (linear interpolation between order statistics, numpy's default) of the
+  // squared query norms collected so far.
+  void calibrate_q_norm() {
+    if (q_sq.empty())
+      throw error("qaq: key q_norm is 'auto' but the model handed over no queries before the first key "
+                  "quantization; give q_norm a number (upstream: 300)");
+    const double pos = 0.9 * double(q_sq.size() - 1);
+    const size_t lo = size_t(pos);
+    std::nth_element(q_sq.begin(), q_sq.begin() + long(lo), q_sq.end());
+    const double a = q_sq[lo];
+    const double b = lo + 1 < q_sq.size() ? *std::min_element(q_sq.begin() + long(lo) + 1, q_sq.end()) : a;
+    q_norm_calibrated = a + (pos - double(lo)) * (b - a);
+    q_sq.clear();
+    q_sq.shrink_to_fit();
+  }
+
   void step_role(Role& r, int64_t T) {
     const auto& c = r.cfg;
     for (auto& v : r.groups) v.resize(T);
@@ -186,11 +206,8 @@ struct QaqPolicy::Impl {
     if (T <= 1) return;  // section 3.4 guard: keep full precision
     double e_key = 0;
     if (c.is_key) {
-      const double qn = c.q_norm > 0 ? c.q_norm : q_norm_calibrated;
-      if (!(qn > 0))
-        throw error("qaq: key q_norm is 'auto' but no calibrated query norm was set (the model does not "
-                    "expose its queries yet); give q_norm a number (upstream: 300)");
-      e_key = qaq::key_tolerance(T, c.target_quantization_error, qn);
+      if (c.q_norm <= 0 && q_norm_calibrated <= 0) calibrate_q_norm();
+      e_key = qaq::key_tolerance(T, c.target_quantization_error, c.q_norm > 0 ? c.q_norm : q_norm_calibrated);
     }
     std::vector<std::vector<float>> attn;
     if (!c.is_key) attn = attention_maxima(r, T);
@@ -237,6 +254,8 @@ void QaqPolicy::reset(const ModelInfo& m, int64_t batch) {
   I.seen_attn.assign(m.n_layers, 0);
   I.one_shot_done = false;
   I.requantized = 0;
+  I.q_sq.clear();
+  I.q_norm_calibrated = 0;
   for (auto& r : I.roles) {
     r.M = m.head_dim * (r.cfg.level == QaqLevel::Head ? 1 : m.n_kv_heads) *
           (r.cfg.level == QaqLevel::Token ? m.n_layers : 1);
@@ -272,6 +291,17 @@ AttnInputs QaqPolicy::update(int layer, const at::Tensor& k_new, const at::Tenso
   out.key_pos = at::arange(s.pos0 - n_cached, s.pos0 + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
   out.n_cached = n_cached;
   return out;
+}
+
+bool QaqPolicy::wants_queries() const {
+  const auto& k = impl_->roles[0].cfg;
+  return k.enabled && k.use_attentions && k.q_norm <= 0 && impl_->q_norm_calibrated <= 0;
+}
+
+void QaqPolicy::observe_queries(int, const at::Tensor& q, const StepInfo&) {
+  if (!wants_queries()) return;
+  auto n = (q.to(at::kFloat).pow(2).sum(-1) / double(q.size(-1))).reshape({-1}).to(at::kCPU).contiguous();
+  impl_->q_sq.insert(impl_->q_sq.end(), n.data_ptr<float>(), n.data_ptr<float>() + n.numel());
 }
 
 bool QaqPolicy::wants_attention() const {
@@ -351,7 +381,11 @@ MemoryReport QaqPolicy::memory() const {
   return rep;
 }
 
-void QaqPolicy::set_q_norm(double q_norm) { impl_->q_norm_calibrated = q_norm; }
+double QaqPolicy::key_q_norm() const {
+  const auto& k = impl_->roles[0].cfg;
+  if (!k.enabled || !k.use_attentions) return std::nan("");
+  return k.q_norm > 0 ? k.q_norm : impl_->q_norm_calibrated > 0 ? impl_->q_norm_calibrated : std::nan("");
+}
 
 double QaqPolicy::paper_bpv() const {
   const auto& I = *impl_;

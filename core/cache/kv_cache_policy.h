@@ -2,7 +2,8 @@
 // and every compression method.
 //
 // Contract, per forward chunk, for layer l = 0..L-1 in order:
-//   1. the model computes q, k_new, v_new ([B, Hkv, n_new, D], keys after RoPE);
+//   1. the model computes q, k_new, v_new ([B, Hkv, n_new, D], keys after RoPE); if
+//      wants_queries(), it hands q ([B, Hq, n_new, D], after RoPE) to observe_queries(l, ...);
 //   2. update(l, k_new, v_new, step) appends the chunk and returns what attention uses:
 //      cached entries (as the policy reconstructs them) followed by the chunk's own keys and
 //      values in full precision;
@@ -79,6 +80,8 @@ class KVCachePolicy {
   virtual void reset(const ModelInfo& m, int64_t batch) = 0;  // start a new sequence
   virtual AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new,
                             const StepInfo& s) = 0;
+  virtual bool wants_queries() const { return false; }
+  virtual void observe_queries(int layer, const at::Tensor& q, const StepInfo& s) {}
   virtual bool wants_attention() const { return false; }
   virtual void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) {}
   virtual void end_step(const StepInfo& s) {}

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <sstream>
 
 #include "core/common/error.h"
 
@@ -107,32 +108,33 @@ nlohmann::json read_attr(hid_t attr, const std::string& path, const std::string&
   }
 }
 
+// Attributes are read by name only, from the list the writer stores in kIndexAttr: libhdf5 1.10
+// itself segfaults while building its attribute table (H5Aiterate2, H5Aget_name_by_idx) on some
+// malformed object headers, whereas opening one attribute by name fails cleanly on the same files.
+constexpr const char* kIndexAttr = "attribute_names";
+
+// Attributes of obj as listed in its kIndexAttr; an object without that list has none readable.
 nlohmann::json read_attrs(hid_t obj, const std::string& path) {
-  struct Ctx {
-    const std::string* path;
-    nlohmann::json out = nlohmann::json::object();
-    std::string error;
-  } ctx{&path};
-  hsize_t idx = 0;
-  // The callback runs inside HDF5's C frames: an exception must not unwind through them (that
-  // leaves the library's iteration state half torn down, and a later close crashes), so it is
-  // carried out as a message and thrown once H5Aiterate2 has returned.
-  H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
-              [](hid_t loc, const char* name, const H5A_info_t*, void* data) -> herr_t {
-                auto* c = static_cast<Ctx*>(data);
-                try {
-                  H a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
-                  if (a.id < 0) return -1;
-                  c->out[name] = read_attr(a, *c->path, name);
-                  return 0;
-                } catch (const std::exception& e) {
-                  c->error = e.what();
-                  return -1;
-                }
-              },
-              &ctx);
-  if (!ctx.error.empty()) throw error("{}", ctx.error);
-  return ctx.out;
+  nlohmann::json out = nlohmann::json::object();
+  const htri_t has_index = H5Aexists(obj, kIndexAttr);
+  if (has_index < 0) throw error("{}: unreadable attribute table (corrupted file?)", path);
+  if (has_index == 0) return out;
+  std::string names;
+  {
+    H a(checked(H5Aopen(obj, kIndexAttr, H5P_DEFAULT), path, std::string("open attribute ") + kIndexAttr), H5Aclose);
+    const auto v = read_attr(a, path, kIndexAttr);
+    if (!v.is_string()) throw error("{}: attribute '{}' must be a string", path, kIndexAttr);
+    names = v.get<std::string>();
+  }
+  std::istringstream lines(names);
+  for (std::string name; std::getline(lines, name);) {
+    if (name.empty()) continue;
+    if (H5Aexists(obj, name.c_str()) <= 0)
+      throw error("{}: attribute '{}' is listed in '{}' but cannot be read (corrupted file?)", path, name, kIndexAttr);
+    H a(checked(H5Aopen(obj, name.c_str(), H5P_DEFAULT), path, "open attribute " + name), H5Aclose);
+    out[name] = read_attr(a, path, name);
+  }
+  return out;
 }
 
 void write_dataset(hid_t loc, const std::string& name, const at::Tensor& t_in, const std::string& path) {
@@ -195,7 +197,14 @@ void write_predictor_file(const std::string& path, const PredictorSet& p, bool f
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     H f(checked(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp, "create the file"), H5Fclose);
-    for (auto it = p.attrs.begin(); it != p.attrs.end(); ++it) write_attr(f, it.key(), it.value(), path);
+    std::string names;
+    for (auto it = p.attrs.begin(); it != p.attrs.end(); ++it) {
+      if (it.key() == kIndexAttr || it.key().find('\n') != std::string::npos)
+        throw error("{}: attribute name '{}' is reserved or contains a newline", path, it.key());
+      write_attr(f, it.key(), it.value(), path);
+      names += it.key() + "\n";
+    }
+    write_attr(f, kIndexAttr, names, path);
     for (const char* kind : {"key_predictor", "value_predictor"}) {
       const auto& v = std::string(kind) == "key_predictor" ? p.key : p.value;
       H g(checked(H5Gcreate2(f, kind, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "create group"), H5Gclose);
@@ -216,6 +225,9 @@ PredictorSet read_predictor_file(const std::string& path) {
   H f(open_file(path), H5Fclose);
   PredictorSet p;
   p.attrs = read_attrs(f, path);
+  if (p.attrs.empty())
+    throw error("{}: no '{}' attribute: not a kvx AQUA-KV predictor file, or one written by an older kvx "
+                "(recalibrate with kvx calibrate --force)", path, kIndexAttr);
   if (!p.attrs.contains("format") || p.attrs["format"] != "kvx-aqua-predictors")
     throw error("{}: not a kvx AQUA-KV predictor file (attribute format != 'kvx-aqua-predictors')", path);
   auto int_attr = [&](const char* k) -> int64_t {

@@ -5,7 +5,10 @@
 // and, as root attributes, the quantizer the predictors were fitted with (d, n, g, g_eff,
 // grid hash, first-layer grid, backbone), the model (hash, shape) and the calibration data
 // (corpus hash, sample counts, seed, percdamp). Predictors depend on the quantizer they were
-// fitted in the loop with, so loading checks those attributes (check_predictors).
+// fitted in the loop with, so loading checks those attributes (check_predictors). The root also
+// lists every attribute name in `attribute_names` (newline-separated): readers open attributes
+// by those names only, never by iterating the attribute table (libhdf5 1.10 crashes iterating
+// some corrupted tables).
 // Weights are stored fp32.
 #pragma once
 #include <ATen/core/Tensor.h>

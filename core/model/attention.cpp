@@ -40,6 +40,7 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Hkv = k_new.size(1);
   const int64_t G = Hq / Hkv;
+  if (cache.wants_queries()) cache.observe_queries(layer, q.detach(), step);
   AttnInputs a = cache.update(layer, k_new, v_new, step);
   if (!a.k.defined() || a.k.dim() != 4 || a.k.size(0) != B || a.k.size(1) != Hkv || a.k.size(3) != D ||
       !a.v.defined() || !a.v.sizes().equals(a.k.sizes()) || !a.key_pos.defined() || a.key_pos.dim() != 1 ||

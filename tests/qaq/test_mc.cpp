@@ -144,3 +144,31 @@ TEST(MultipleChoice, ProtocolRunsQaqOneShotOnHandMadePiqa) {
   EXPECT_DOUBLE_EQ(f["bpv"].get<double>(), 16.0);
   EXPECT_FALSE(f.contains("paper_bpv"));
 }
+
+// q_norm: auto through the real model: the attention layers hand their queries to the policy,
+// which calibrates on the window's first chunk. Running again with q_norm fixed at the reported
+// calibrated value must reproduce the perplexity exactly (auto ≡ that number), and the number
+// must be a plausible ‖q/√D‖² (not the literal 300, not a default).
+TEST(QaqAuto, PerplexityCalibratesQNormFromTheModelsQueries) {
+  auto cache = make_model_cache();
+  JobContext ctx;
+  ctx.models = cache.get();
+  nlohmann::json job;
+  job["model"] = {{"path", src("data/models/small-code-llama")}};
+  job["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
+  job["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 96}, {"chunk", 32}, {"max_windows", 1}});
+  auto with_q_norm = [&](const nlohmann::json& qn) {
+    job["method"] = resolve_method({{"key", {{"type", "qaq"}, {"q_norm", qn}, {"target_quantization_error", 3.0}}},
+                                    {"value", {{"type", "qaq"}}}});
+    return run_job(job, ctx);
+  };
+  const auto a = with_q_norm("auto");
+  ASSERT_TRUE(a.contains("q_norm"));
+  const double qn = a["q_norm"].get<double>();
+  EXPECT_GT(qn, 0.0);
+  EXPECT_NE(qn, 300.0);
+  const auto f = with_q_norm(qn);
+  EXPECT_DOUBLE_EQ(f["q_norm"].get<double>(), qn);
+  EXPECT_DOUBLE_EQ(f["ppl"].get<double>(), a["ppl"].get<double>());
+  EXPECT_DOUBLE_EQ(f["bpv"].get<double>(), a["bpv"].get<double>());
+}

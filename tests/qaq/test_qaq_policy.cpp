@@ -46,6 +46,7 @@ struct Driver {
   std::vector<at::Tensor> k, v;                 // per layer [B, Hkv, T, D], all tokens so far
   std::vector<std::vector<at::Tensor>> rows;    // per layer: query rows [B, Hq, N_row]
   std::vector<AttnInputs> last;                 // per layer, last update's return
+  std::vector<double> q_sq;                     // ‖q/√D‖² of every query handed to the policy
   int64_t T = 0;
 
   void step(KVCachePolicy& p, int64_t n, bool observe = true) {
@@ -59,6 +60,18 @@ struct Driver {
       rows.resize(m.n_layers);
       k[l] = k[l].defined() ? at::cat({k[l], kn}, 2) : kn;
       v[l] = v[l].defined() ? at::cat({v[l], vn}, 2) : vn;
+      if (observe && p.wants_queries()) {
+        auto q = at::randn({B, m.n_heads, n, m.head_dim}) * (0.5 + l);
+        auto acc = q.accessor<float, 4>();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < m.n_heads; ++h)
+            for (int64_t t = 0; t < n; ++t) {
+              double sq = 0;
+              for (int64_t d = 0; d < m.head_dim; ++d) sq += double(acc[b][h][t][d]) * acc[b][h][t][d];
+              q_sq.push_back(sq / double(m.head_dim));
+            }
+        p.observe_queries(l, q, s);
+      }
       last[l] = p.update(l, kn, vn, s);
       if (observe && p.wants_attention()) {
         const int64_t N = T + n;
@@ -316,24 +329,45 @@ TEST(QaqPolicy, ValueRuleWithoutAttentionFailsClearly) {
   EXPECT_THROW(d.step(p, 4, /*observe=*/false), Error);
 }
 
-TEST(QaqPolicy, QNormAutoNeedsCalibration) {
+// q_norm: auto = the 90th percentile of ‖q/√D‖² over the queries seen up to the first key
+// quantization (section 3.4), computed here from the driver's own record of the queries.
+TEST(QaqPolicy, QNormAutoCalibratesFromPromptQueries) {
   auto kc = role(true, QaqLevel::Head);
   kc.q_norm = 0;
   QaqRoleConfig off;
   off.enabled = false;
-  {
-    QaqPolicy p(kc, off, QaqSchedule::Streaming);
-    Driver d;
-    p.reset(d.m, d.B);
-    EXPECT_THROW(d.step(p, 4), Error);
-  }
   QaqPolicy p(kc, off, QaqSchedule::Streaming);
-  p.set_q_norm(2.0);
   Driver d;
   p.reset(d.m, d.B);
-  d.step(p, 4);
-  kc.q_norm = 2.0;
+  EXPECT_TRUE(p.wants_queries());
+  d.step(p, 6);
+  EXPECT_FALSE(p.wants_queries());  // fixed after the first key quantization
+  std::vector<double> x = d.q_sq;
+  ASSERT_EQ(int64_t(x.size()), d.m.n_layers * d.B * d.m.n_heads * 6);
+  std::sort(x.begin(), x.end());
+  const double pos = 0.9 * double(x.size() - 1);
+  const size_t lo = size_t(std::floor(pos));
+  const double expect = x[lo] + (pos - double(lo)) * (x[lo + 1] - x[lo]);
+  EXPECT_NEAR(p.key_q_norm(), expect, 1e-5 * expect);
+  d.step(p, 1);
+  EXPECT_NEAR(p.key_q_norm(), expect, 1e-5 * expect);
+  kc.q_norm = p.key_q_norm();
   check_widths(d, p, kc);
+  // A new sequence calibrates again, on its own prompt.
+  p.reset(d.m, d.B);
+  EXPECT_TRUE(std::isnan(p.key_q_norm()));
+  EXPECT_TRUE(p.wants_queries());
+}
+
+TEST(QaqPolicy, QNormAutoWithoutQueriesFailsClearly) {
+  auto kc = role(true, QaqLevel::Head);
+  kc.q_norm = 0;
+  QaqRoleConfig off;
+  off.enabled = false;
+  QaqPolicy p(kc, off, QaqSchedule::Streaming);
+  Driver d;
+  p.reset(d.m, d.B);
+  EXPECT_THROW(d.step(p, 4, /*observe=*/false), Error);
 }
 
 TEST(QaqRegistry, ResolvesRolesDefaultsAndPolicy) {
