@@ -10,7 +10,8 @@
 namespace kvx {
 
 double matrix_entropy(const at::Tensor& keys, int64_t rank) {
-  at::Tensor k = keys.to(at::kDouble).reshape({-1, keys.size(-1)});
+  // On the host: the eigenvalues are read through a raw pointer below (keys may live on a GPU).
+  at::Tensor k = keys.to(at::kCPU, at::kDouble).reshape({-1, keys.size(-1)});
   at::Tensor cov = at::matmul(k.t(), k) / double(k.size(0));
   at::Tensor ev = std::get<0>(at::linalg_eigh(cov)).clamp_min(0).flip(0).contiguous();  // descending
   if (rank > 0 && rank < ev.size(0)) ev = ev.narrow(0, 0, rank);

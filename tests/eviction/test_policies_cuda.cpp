@@ -1,0 +1,52 @@
+// Every eviction policy of seed 003 on CUDA gives the CPU's perplexity (fp32, same window):
+// the policies mix device tensors with host loops, and a host read of device memory crashes
+// only on a GPU (uncomp did). Skipped without CUDA; runs on the device machine.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "experiments/model_cache.h"
+#include "experiments/protocol.h"
+#include "quantizers/registry.h"
+
+using namespace kvx;
+
+namespace {
+std::string src(const std::string& rel) {
+  const char* env = std::getenv("KVX_SOURCE_DIR");
+  return std::string(env && *env ? env : KVX_SOURCE_DIR) + "/" + rel;
+}
+
+class PolicyOnCuda : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PolicyOnCuda, MatchesCpuPerplexity) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto cache = make_model_cache();
+  JobContext ctx;
+  ctx.models = cache.get();
+  nlohmann::json job;
+  job["model"] = {{"path", src("data/models/small-code-llama")}};
+  job["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
+  job["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 384}, {"chunk", 32}, {"max_windows", 1}});
+  job["method"] = resolve_method(nlohmann::json::parse(GetParam()));
+  double ppl[2];
+  for (int d = 0; d < 2; ++d) {
+    ctx.device = d == 0 ? "cpu" : "cuda";
+    ppl[d] = run_job(job, ctx)["ppl"].get<double>();
+  }
+  EXPECT_NEAR(ppl[1], ppl[0], 2e-3 * ppl[0]) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Seed003, PolicyOnCuda,
+    ::testing::Values(
+        R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24}})",
+        R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24,"kmeans_sequential":true}})",
+        R"({"key":"none","value":"none","policy":{"type":"h2o","heavy":48,"recent":48}})",
+        R"({"key":"none","value":"none","policy":{"type":"sink_window","sink_size":4,"window_size":92}})",
+        R"({"key":"none","value":"none","policy":{"type":"razor","window_size":92,"prompt_len":64}})",
+        R"({"key":"none","value":"none","policy":{"type":"dynamic_kv","budget":96,"prompt_len":64}})",
+        R"({"key":"none","value":"none","policy":{"type":"uncomp","budget":96,"prompt_len":64}})",
+        R"({"key":"none","value":"none","policy":{"type":"zack","fit_tokens":64}})"));
+}  // namespace
