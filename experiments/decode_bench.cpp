@@ -8,7 +8,10 @@
 #include <regex>
 
 #include "core/common/error.h"
+#include "core/kernels/higgs_kv.h"
+#include "core/kernels/int8_kv.h"
 #include "core/kernels/packed_kv.h"
+#include "experiments/bench_common.h"
 
 #if defined(KVX_WITH_CUDA) && __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>)
 #include <ATen/cuda/CUDAGraph.h>
@@ -25,11 +28,13 @@ ModelShape model_shape(const std::string& s) {
       {"llama2-7b", 32, 32, 32, 128, 4096, 11008, 32000},
       {"mistral-7b", 32, 32, 8, 128, 4096, 14336, 32000},
       {"qwen2-7b", 28, 28, 4, 128, 3584, 18944, 152064},
+      // CPU smoke tests of the benches (head_dim 128 so every kernel accepts it)
+      {"tiny", 2, 4, 2, 128, 256, 512, 512},
   };
   for (const auto& k : known)
     if (k.name == s) return k;
   std::ifstream f(s);
-  if (!f) throw error("unknown model shape '{}' (known: llama3-8b, llama2-7b, mistral-7b, qwen2-7b, or a config.json path)", s);
+  if (!f) throw error("unknown model shape '{}' (known: llama3-8b, llama2-7b, mistral-7b, qwen2-7b, tiny, or a config.json path)", s);
   nlohmann::json c;
   try {
     c = nlohmann::json::parse(f);
@@ -51,24 +56,52 @@ namespace {
 
 constexpr int kAttnInner = 10;  // back-to-back calls per timed attention sample
 
+using bench::sync;
+
+// dense: fp16 baselines; packed: kvq KIVI layout; int8: selective int8 (sinks + window fp16);
+// higgs: HIGGS codes per (b, KV head, token) row of head_dim values, dequantized then attended.
+enum class Kind { Dense, Packed, Int8, Higgs };
+
 struct Method {
   std::string label;
-  int kbits = 16, vbits = 16, group = 64;
+  Kind kind = Kind::Dense;
+  int kbits = 16, vbits = 16, group = 64;  // packed
+  int64_t sinks = 0, window = 0;           // int8
+  int hd = 2, hn = 256, hg = 128;          // higgs: grid dim, grid size, Hadamard group
 };
 
 Method parse_bench_method(const std::string& s) {
-  if (s == "fp16" || s == "none") return {"fp16", 16, 16, 0};
   std::smatch m;
-  static const std::regex re(R"(kvq:k(\d)v(\d)(?::g(\d+))?)");
-  if (!std::regex_match(s, m, re)) throw error("bench method '{}': expected fp16 or kvq:k<bits>v<bits>[:g<group>]", s);
-  Method r{s, std::stoi(m[1]), std::stoi(m[2]), m[3].matched ? std::stoi(m[3]) : 64};
-  for (int b : {r.kbits, r.vbits})
-    if (b != 2 && b != 4 && b != 8) throw error("bench method '{}': bits must be 2, 4 or 8", s);
+  static const std::regex kvq(R"(kvq:k(\d)v(\d)(?::g(\d+))?)");
+  static const std::regex int8(R"(int8(?::s(\d+)w(\d+))?)");
+  static const std::regex higgs(R"(higgs(?::d(\d+)n(\d+))?(?::g(\d+))?)");
+  Method r;
+  r.label = s;
+  if (std::regex_match(s, m, kvq)) {
+    r.kind = Kind::Packed;
+    r.kbits = std::stoi(m[1]);
+    r.vbits = std::stoi(m[2]);
+    r.group = m[3].matched ? std::stoi(m[3]) : 64;
+    for (int b : {r.kbits, r.vbits})
+      if (b != 2 && b != 4 && b != 8) throw error("bench method '{}': bits must be 2, 4 or 8", s);
+  } else if (std::regex_match(s, m, int8)) {
+    r.kind = Kind::Int8;
+    r.sinks = m[1].matched ? std::stoll(m[1]) : 16;  // ALGORITHMS.md 6.2 defaults
+    r.window = m[2].matched ? std::stoll(m[2]) : 32;
+  } else if (std::regex_match(s, m, higgs)) {
+    r.kind = Kind::Higgs;
+    if (m[1].matched) {
+      r.hd = std::stoi(m[1]);
+      r.hn = std::stoi(m[2]);
+    }
+    if (m[3].matched) r.hg = std::stoi(m[3]);
+    if (r.hd < 1 || r.hn < 2 || (r.hn & (r.hn - 1)) != 0 || r.hn > 65536 || r.hg < 1 || (r.hg & (r.hg - 1)) != 0)
+      throw error("bench method '{}': higgs needs d >= 1, n a power of two in [2, 65536], g a power of two", s);
+  } else {
+    throw error("bench method '{}': expected kvq:k<bits>v<bits>[:g<group>], int8[:s<sinks>w<window>] or "
+                "higgs[:d<dim>n<points>][:g<group>]", s);
+  }
   return r;
-}
-
-void sync(const at::Device& d) {
-  if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).item<float>();
 }
 
 // Median wall time in microseconds of fn over iters samples (after two warm-ups); each sample runs
@@ -116,22 +149,61 @@ double graph_time_us(const at::Device& dev, int iters, F&& fn, int inner) {
 #endif
 }
 
-// One layer's cache for a method: packed body + fp16 residual, or a dense fp16 cache.
+int64_t nbytes(const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; }
+
+// One layer's cache for a method: packed body + fp16 residual, a selective-int8 cache, HIGGS
+// codes, or a dense fp16 cache.
 struct LayerCache {
   kernels::PackedBlock k, v;
   at::Tensor k_fp, v_fp;  // [B, Hkv, T or R, D]
+  kernels::SelectiveInt8Cache i8;
+  kernels::HiggsView hk, hv;  // rows = (b, KV head, token), C = head_dim
+  int64_t higgs_heads = 0;
   int64_t bytes() const {
-    auto nb = [](const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; };
-    return k.bytes() + v.bytes() + nb(k_fp) + nb(v_fp);
+    auto hb = [](const kernels::HiggsView& h) { return nbytes(h.packed) + nbytes(h.scales); };
+    return k.bytes() + v.bytes() + nbytes(k_fp) + nbytes(v_fp) + i8.bytes() + hb(hk) + hb(hv);
   }
 };
+
+// Random HIGGS codes of [B, Hkv, T, D] (the kernels' cost does not depend on the values).
+kernels::HiggsView random_higgs(const Method& m, int64_t rows, int64_t D, const at::Device& dev) {
+  kernels::HiggsView h;
+  h.rows = rows;
+  h.C = D;
+  h.g = std::min<int64_t>(m.hg, D);
+  h.d = m.hd;
+  for (h.bits = 0; (1 << h.bits) < m.hn;) ++h.bits;
+  const int64_t groups = (D + h.g - 1) / h.g, vecs = (h.g + h.d - 1) / h.d;
+  auto opt = at::TensorOptions().device(dev);
+  h.packed = at::randint(0, 256, {(rows * groups * vecs * h.bits + 7) / 8}, opt.dtype(at::kByte));
+  h.scales = (at::rand({rows, groups}, opt) + 0.5).to(at::kHalf);
+  h.points = at::randn({m.hn, m.hd}, opt);
+  return h;
+}
 
 LayerCache make_cache(const Method& m, const ModelShape& s, int64_t B, int64_t T, int64_t R, const at::Device& dev) {
   auto opt = at::TensorOptions().device(dev).dtype(at::kBFloat16);
   LayerCache c;
-  if (m.kbits == 16) {
+  if (m.kind == Kind::Dense) {
     c.k_fp = at::randn({B, s.kv_heads, T, s.head_dim}, opt);
     c.v_fp = at::randn({B, s.kv_heads, T, s.head_dim}, opt);
+    return c;
+  }
+  if (m.kind == Kind::Int8) {
+    const int64_t S = std::min(m.sinks, T), W = std::min(m.window, T - S), N = T - S - W;
+    auto fp = [&](int64_t n) { return at::randn({B, s.kv_heads, n, s.head_dim}, opt); };
+    c.i8.k_sink = fp(S);
+    c.i8.v_sink = fp(S);
+    c.i8.k_body = kernels::int8_quantize(fp(N));
+    c.i8.v_body = kernels::int8_quantize(fp(N));
+    c.i8.k_win = fp(W);
+    c.i8.v_win = fp(W);
+    return c;
+  }
+  if (m.kind == Kind::Higgs) {
+    c.higgs_heads = s.kv_heads;
+    c.hk = random_higgs(m, B * s.kv_heads * T, s.head_dim, dev);
+    c.hv = random_higgs(m, B * s.kv_heads * T, s.head_dim, dev);
     return c;
   }
   const int64_t Tq = (T - R) / m.group * m.group;
@@ -144,34 +216,49 @@ LayerCache make_cache(const Method& m, const ModelShape& s, int64_t B, int64_t T
 
 // fp16 baseline attention through Torch: GQA decode as [B, Hkv, rep, D] queries over
 // [B, Hkv, T, D] keys (no causal mask needed for the newest token).
-at::Tensor torch_attention(const at::Tensor& q, const LayerCache& c, double scale) {
-  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = c.k_fp.size(1);
+at::Tensor torch_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
   auto qg = q.view({B, Hkv, Hq / Hkv, D});
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(qg, c.k_fp, c.v_fp, {}, 0.0, false, scale).reshape({B, Hq, D});
+  return at::scaled_dot_product_attention(qg, k, v, {}, 0.0, false, scale).reshape({B, Hq, D});
 #else
-  auto p = at::softmax(at::matmul(qg, c.k_fp.transpose(2, 3)).mul(scale).to(at::kFloat), -1).to(q.scalar_type());
-  return at::matmul(p, c.v_fp).reshape({B, Hq, D});
+  auto p = at::softmax(at::matmul(qg, k.transpose(2, 3)).mul(scale).to(at::kFloat), -1).to(q.scalar_type());
+  return at::matmul(p, v).reshape({B, Hq, D});
 #endif
+}
+
+at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool fused) {
+#ifdef KVX_WITH_CUDA
+  if (fused && q.is_cuda()) return kernels::cuda::decode_attention_dense(q, k, v, scale);
+#endif
+  return torch_attention(q, k, v, scale);
 }
 
 at::Tensor attend(const Method& m, const at::Tensor& q, const LayerCache& c, double scale, bool fused_dense) {
-  if (m.kbits == 16) {
-#ifdef KVX_WITH_CUDA
-    if (fused_dense && q.is_cuda()) return kernels::cuda::decode_attention_dense(q, c.k_fp, c.v_fp, scale);
-#endif
-    return torch_attention(q, c, scale);
+  switch (m.kind) {
+    case Kind::Dense: return dense_attention(q, c.k_fp, c.v_fp, scale, fused_dense);
+    case Kind::Packed: return kernels::decode_attention(q, c.k, c.v, c.k_fp, c.v_fp, scale);
+    case Kind::Int8: return kernels::int8_decode_attention(q, c.i8, scale);
+    case Kind::Higgs: {
+      const std::vector<int64_t> shape{q.size(0), c.higgs_heads, -1, q.size(2)};
+      auto k = kernels::higgs_dequantize(c.hk, q.scalar_type()).view(shape);
+      auto v = kernels::higgs_dequantize(c.hv, q.scalar_type()).view(shape);
+      return dense_attention(q, k, v, scale, true);
+    }
   }
-  return kernels::decode_attention(q, c.k, c.v, c.k_fp, c.v_fp, scale);
+  throw error("bench: unknown method kind");
 }
 
-// Random-weight decoder layer stack at the model's shape; weights of one layer are reused by all
-// layers (the bytes streamed per layer are the same as a real model's).
-struct Weights {
-  at::Tensor qkv, o, gate_up, down, lm_head, norm;
-};
+const char* kernel_path(const Method& m, const at::Tensor& q, bool fused_dense) {
+  switch (m.kind) {
+    case Kind::Dense: return fused_dense && q.is_cuda() ? "fused" : "torch";
+    case Kind::Higgs: return q.is_cuda() ? "dequant_then_attend" : "cpu";
+    default: return kernels::decode_attention_path(q);
+  }
+}
 
-double decode_step_us(const Method& m, const ModelShape& s, const Weights& w, std::vector<LayerCache>& caches,
+// Random-weight decoder layer stack at the model's shape (bench_common.h).
+double decode_step_us(const Method& m, const ModelShape& s, const bench::RandomWeights& w, std::vector<LayerCache>& caches,
                       int64_t B, const at::Device& dev, int iters, bool fused_dense) {
   const double scale = 1.0 / std::sqrt(double(s.head_dim));
   auto x0 = at::randn({B, s.hidden}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
@@ -179,14 +266,11 @@ double decode_step_us(const Method& m, const ModelShape& s, const Weights& w, st
   return time_us(dev, iters, [&] {
     auto x = x0;
     for (int64_t l = 0; l < s.layers; ++l) {
-      auto h = x * at::rsqrt(x.to(at::kFloat).pow(2).mean(-1, true) + 1e-5).to(x.scalar_type()) * w.norm;
-      auto qkv = at::matmul(h, w.qkv);
+      auto qkv = at::matmul(bench::rms_norm(x, w.norm), w.qkv);
       auto q = qkv.narrow(1, 0, qd).view({B, s.heads, s.head_dim});
       auto a = attend(m, q, caches[l], scale, fused_dense).to(x.scalar_type()).reshape({B, qd});
       x = x + at::matmul(a, w.o);
-      auto h2 = x * at::rsqrt(x.to(at::kFloat).pow(2).mean(-1, true) + 1e-5).to(x.scalar_type()) * w.norm;
-      auto gu = at::matmul(h2, w.gate_up);
-      x = x + at::matmul(at::silu(gu.narrow(1, 0, s.intermediate)) * gu.narrow(1, s.intermediate, s.intermediate), w.down);
+      x = x + bench::mlp(bench::rms_norm(x, w.norm), w, s);
     }
     (void)at::matmul(x, w.lm_head).argmax(-1);
   });
@@ -211,30 +295,25 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       "attn_us: median of {} samples of a CUDA graph replaying {} calls (device time; eager where capture fails, "
       "see rows' attn_timing); attn_eager_us: {} back-to-back eager calls and one sync",
       opt.iters, kAttnInner, kAttnInner);
-  {  // copy bandwidth of the device: read + write bytes per second
-    auto a = at::empty({int64_t(1) << 29}, bopt.dtype(at::kFloat)), b = at::empty_like(a);
+  {  // copy bandwidth of the device: read + write bytes per second (2 GiB buffers; 64 MiB on CPU)
+    auto a = at::empty({int64_t(1) << (dev.is_cuda() ? 29 : 24)}, bopt.dtype(at::kFloat)), b = at::empty_like(a);
     double us = time_us(dev, opt.iters, [&] { b.copy_(a); }, 4);
     out["copy_bandwidth_gbs"] = 2.0 * a.numel() * 4 / us / 1e3;
   }
   auto q = at::randn({B, s.heads, s.head_dim}, bopt);
 
-  std::vector<Method> methods = {{"fp16-sdpa", 16, 16, 0}, {"fp16-fused", 16, 16, 0}};
+  std::vector<Method> methods(2);
+  methods[0].label = "fp16-sdpa";
+  methods[1].label = "fp16-fused";
   for (const auto& m : opt.methods) methods.push_back(parse_bench_method(m));
-  Weights w;
-  if (opt.end_to_end) {
-    w.qkv = at::randn({s.hidden, (s.heads + 2 * s.kv_heads) * s.head_dim}, bopt) * 0.02;
-    w.o = at::randn({s.heads * s.head_dim, s.hidden}, bopt) * 0.02;
-    w.gate_up = at::randn({s.hidden, 2 * s.intermediate}, bopt) * 0.02;
-    w.down = at::randn({s.intermediate, s.hidden}, bopt) * 0.02;
-    w.lm_head = at::randn({s.hidden, s.vocab}, bopt) * 0.02;
-    w.norm = at::ones({s.hidden}, bopt);
-  }
+  bench::RandomWeights w;
+  if (opt.end_to_end) w = bench::random_weights(s, bopt);
   double base_attn = 0, base_eager = 0, base_step = 0;
   for (const auto& m : methods) {
     const bool fused_dense = m.label == "fp16-fused";
     nlohmann::json row;
     row["method"] = m.label;
-    LayerCache c = make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev);
+    LayerCache c = make_cache(m, s, B, T, opt.residual, dev);
     double us = time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); }, kAttnInner);
     row["attn_eager_us"] = us;  // host dispatch included (each call launches its kernels)
     const double gus = graph_time_us(dev, opt.iters, [&] { (void)attend(m, q, c, scale, fused_dense); }, kAttnInner);
@@ -247,14 +326,14 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
     row["kv_bytes_per_layer"] = c.bytes();
     row["bandwidth_gbs"] = double(c.bytes()) / us / 1e3;
     row["bandwidth_frac_of_copy"] = row["bandwidth_gbs"].get<double>() / out["copy_bandwidth_gbs"].get<double>();
-    row["kernel_path"] = m.kbits == 16 ? (fused_dense && dev.is_cuda() ? "fused" : "torch") : kernels::decode_attention_path(q);
+    row["kernel_path"] = kernel_path(m, q, fused_dense);
     if (m.label == "fp16-sdpa") {
       base_attn = us;
       base_eager = row["attn_eager_us"].get<double>();
     }
     row["attn_speedup_vs_sdpa"] = base_attn / us;
     row["attn_eager_speedup_vs_sdpa"] = base_eager / row["attn_eager_us"].get<double>();
-    if (m.kbits != 16) {  // appending: quantize one group of new tokens, amortized per token
+    if (m.kind == Kind::Packed) {  // appending: quantize one group of new tokens, amortized per token
       auto fresh = at::randn({B, s.kv_heads, m.group, s.head_dim}, bopt);
       double qus = time_us(
           dev, opt.iters,
@@ -264,12 +343,21 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
           },
           kAttnInner);
       row["append_us_per_token_per_layer"] = qus / m.group;
-    }
+    } else if (m.kind == Kind::Int8) {  // each step one token leaves the window for the int8 body
+      auto fresh = at::randn({B, s.kv_heads, 1, s.head_dim}, bopt);
+      row["append_us_per_token_per_layer"] = time_us(
+          dev, opt.iters,
+          [&] {
+            (void)kernels::int8_quantize(fresh);
+            (void)kernels::int8_quantize(fresh);
+          },
+          kAttnInner);
+    }  // higgs: quantization runs on the CPU (core/higgs), not timed here
     if (opt.end_to_end) {
       row["kv_bytes_total"] = c.bytes() * s.layers;  // before `c` moves into the layer list
       std::vector<LayerCache> caches;
       caches.push_back(std::move(c));
-      for (int64_t l = 1; l < s.layers; ++l) caches.push_back(make_cache(m, s, B, T, m.kbits == 16 ? 0 : opt.residual, dev));
+      for (int64_t l = 1; l < s.layers; ++l) caches.push_back(make_cache(m, s, B, T, opt.residual, dev));
       double step = decode_step_us(m, s, w, caches, B, dev, std::max(3, opt.iters / 4), fused_dense);
       if (row.contains("append_us_per_token_per_layer"))
         step += row["append_us_per_token_per_layer"].get<double>() * s.layers;  // amortized flush cost

@@ -14,14 +14,16 @@ struct ModelShape {
   int64_t layers, heads, kv_heads, head_dim, hidden, intermediate, vocab;
 };
 
-// "llama3-8b" | "llama2-7b" | "mistral-7b" | "qwen2-7b", or a path to a config.json.
+// "llama3-8b" | "llama2-7b" | "mistral-7b" | "qwen2-7b", "tiny" (CPU smoke tests), or a path
+// to a config.json.
 ModelShape model_shape(const std::string& name_or_config);
 
 struct DecodeBenchOptions {
   std::string shape = "llama3-8b";
   int64_t context = 32768;
   int64_t batch = 8;
-  std::vector<std::string> methods = {"kvq:k4v4", "kvq:k2v2"};  // kvq:k<b>v<b>[:g<G>]
+  // kvq:k<b>v<b>[:g<G>] | int8[:s<sinks>w<window>] | higgs[:d<dim>n<points>][:g<group>]
+  std::vector<std::string> methods = {"kvq:k4v4", "kvq:k2v2"};
   int64_t residual = 64;  // full-precision recent tokens kept beside the packed cache
   int iters = 20;
   bool end_to_end = true;  // also time whole decode steps through all layers

@@ -35,6 +35,7 @@ GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::
   });
   out.prefill_s = since(t0);
   out.prefill_tokens = n;
+  double bytes_sum = double(policy.memory().device_bytes());
   t0 = Clock::now();
   for (int64_t i = 0;; ++i) {
     if (next == opt.eos && opt.eos >= 0) break;
@@ -43,8 +44,12 @@ GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::
     at::Tensor logits = model.forward(ids_tensor(&next, 1), n + i, policy);
     next = argmax_last(logits[0]);
     ++out.decode_steps;
+    out.decode_s += since(t0);
+    bytes_sum += double(policy.memory().device_bytes());
+    t0 = Clock::now();
   }
-  out.decode_s = since(t0);
+  out.decode_s += since(t0);
+  out.kv_bytes_mean = bytes_sum / double(out.decode_steps + 1);
   return out;
 }
 
@@ -165,13 +170,14 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   KvMemoryPeak mem;
   double rouge_fp = 0, agree = 0, exact = 0, div_pos = 0, rouge_ref = 0, rouge_ref_fp = 0, gen_len = 0;
   int64_t with_refs = 0;
-  double prefill_s = 0, decode_s = 0;
+  double prefill_s = 0, decode_s = 0, kv_mean_sum = 0;
   int64_t prefill_tokens = 0, decode_steps = 0;
   std::vector<int32_t> first_output;
   for (size_t i = 0; i < prompts.size(); ++i) {
     check_cancel(ctx, 0.5 + 0.5 * double(i) / prompts.size());
     GreedyOutput o = greedy_generate(*jm.model, method, prompts[i].ids, g);
     mem.sample(method, *jm.model);
+    kv_mean_sum += o.kv_bytes_mean;
     prefill_s += o.prefill_s;
     decode_s += o.decode_s;
     prefill_tokens += o.prefill_tokens;
@@ -209,6 +215,7 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   m["fp16_prefill_tok_s"] = rate(fp->prefill_tokens, fp->prefill_s);
   m["fp16_decode_tok_s"] = rate(fp->decode_steps, fp->decode_s);
   mem.write(m);
+  m["kv_bytes_mean"] = kv_mean_sum / double(prompts.size());
   if (pbool(P, "profile")) write_profile(m, method.times(), prefill_s, decode_s);
   m["sample"] = jm.tokenizer->decode(first_output);
   m["sample_fp16"] = jm.tokenizer->decode(fp->outputs[0]);

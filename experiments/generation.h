@@ -34,6 +34,9 @@ struct GreedyOutput {
   std::vector<int32_t> tokens;  // generated ids
   double prefill_s = 0, decode_s = 0;
   int64_t prefill_tokens = 0, decode_steps = 0;  // the first new token comes from the prefill
+  // Device bytes of the cache after the prefill and after every decode step, averaged (the
+  // memory a budgeted cache really holds over the generation; sampled outside the timers).
+  double kv_bytes_mean = 0;
 };
 
 // Resets the policy, prefills the prompt and decodes greedily (argmax, ties to the lowest id).

@@ -105,6 +105,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   int64_t scored = 0, forwarded = 0;
   double kv_sum = 0, bpv_sum = 0, retained_sum = 0, body_bpv_sum = 0, paper_bpv_sum = 0, q_norm_sum = 0;
   int64_t kv_max = 0, offload_max = 0, side_max = 0;
+  double kv_step_sum = 0;  // device bytes after every forward chunk: the memory held over time
+  int64_t kv_steps = 0;
   const ModelInfo info = model.info();
   std::vector<int32_t> win(o.seq_len);
   PolicyTimes times;  // profile only
@@ -140,6 +142,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       }
       if (o.profile)  // the finiteness check above synchronized the device
         (n > 1 ? prefill_s : decode_s) += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+      kv_step_sum += double(policy->memory().device_bytes());
+      ++kv_steps;
       if (j1 <= j0) continue;
       at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
       at::Tensor tgt = ids_tensor(win.data() + c0 + j0 + 1, j1 - j0)[0].to(lp.device());
@@ -178,6 +182,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["compute_dtype"] = scalar_name(model.dtype());
   m["kv_bytes"] = kv_sum / nw;
   m["kv_bytes_max"] = kv_max;
+  m["kv_bytes_mean"] = kv_steps > 0 ? kv_step_sum / double(kv_steps) : 0.0;
   m["bpv"] = bpv;
   m["compression_ratio"] = bpv > 0 ? 16.0 / bpv : 0.0;
   m["retained_fraction"] = retained_sum / nw;

@@ -1,9 +1,11 @@
-// kvx bench decode: attention kernel time, achieved bandwidth and end-to-end decode tokens/s at
-// real model shapes with random weights, each method as a ratio against fp16 in the same run.
+// kvx bench decode | prefill | eval: attention kernel time, achieved bandwidth and decode /
+// prefill / perplexity-evaluation tokens/s at real model shapes with random weights, each method
+// as a ratio against fp16 in the same run. Parsing only; the work is in experiments/.
 #include <fmt/format.h>
 
 #include "apps/kvx/command.h"
 #include "experiments/decode_bench.h"
+#include "experiments/throughput_bench.h"
 
 namespace {
 
@@ -17,7 +19,9 @@ void setup(CLI::App& app) {
       ->capture_default_str();
   dec->add_option("--context", opt->context, "cached tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
   dec->add_option("--batch", opt->batch, "sequences decoded together")->capture_default_str()->check(CLI::PositiveNumber);
-  dec->add_option("--method", opt->methods, "kvq:k<bits>v<bits>[:g<group>] (repeatable); fp16 baselines always run")
+  dec->add_option("--method", opt->methods,
+                  "kvq:k<bits>v<bits>[:g<group>] | int8[:s<sinks>w<window>] | higgs[:d<dim>n<points>][:g<group>] "
+                  "(repeatable); fp16 baselines always run")
       ->capture_default_str();
   dec->add_option("--residual", opt->residual, "full-precision recent tokens beside the packed cache")->capture_default_str();
   dec->add_option("--iters", opt->iters, "timed repetitions (median reported)")->capture_default_str();
@@ -29,6 +33,32 @@ void setup(CLI::App& app) {
     if (*format == "json") fmt::print("{}\n", r.dump(2));
     else fmt::print("{}", kvx::format_decode_bench(r));
   });
+
+  for (const char* mode : {"prefill", "eval"}) {
+    auto* sub = bench->add_subcommand(mode, std::string(mode) == "prefill"
+                                                ? "Prefill tokens/s (one forward over --context tokens) vs fp16"
+                                                : "Perplexity-evaluation tokens/s (chunked forward, quantized cache) vs fp16");
+    auto o = std::make_shared<kvx::ThroughputBenchOptions>();
+    auto fmt_ = std::make_shared<std::string>("text");
+    sub->add_option("--model-shape", o->shape, "llama3-8b | llama2-7b | mistral-7b | qwen2-7b | tiny | path/to/config.json")
+        ->capture_default_str();
+    sub->add_option("--context", o->context, "tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--batch", o->batch, "sequences")->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--method", o->methods, "kvx eval --method shorthand (repeatable); fp16 always runs")
+        ->capture_default_str();
+    if (std::string(mode) == "eval")
+      sub->add_option("--chunk", o->chunk, "tokens per forward call (perplexity protocol)")
+          ->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--iters", o->iters, "timed repetitions (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--device", o->device, "cuda or cpu")->capture_default_str()->check(CLI::IsMember({"cuda", "cpu"}));
+    sub->add_option("--dtype", o->dtype, "compute dtype (default bfloat16 on CUDA, float32 on CPU)");
+    sub->add_option("--format", *fmt_, "text or json")->check(CLI::IsMember({"text", "json"}));
+    sub->callback([o, fmt_, mode] {
+      auto r = kvx::run_throughput_bench(mode, *o);
+      if (*fmt_ == "json") fmt::print("{}\n", r.dump(2));
+      else fmt::print("{}", kvx::format_throughput_bench(r));
+    });
+  }
 }
 
 KVX_COMMAND(70, setup);

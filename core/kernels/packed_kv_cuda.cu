@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "core/common/error.h"
+#include "core/kernels/decode_common.cuh"
 #include "core/kernels/packed_kv.h"
 
 namespace kvx::kernels::cuda {
@@ -18,29 +19,8 @@ namespace {
 constexpr int kD = 128;     // head_dim of the fused attention kernel
 constexpr int kWarps = 4;   // warps per block
 constexpr int kTile = 32;   // tokens per warp tile (one per lane in the score phase)
-constexpr unsigned kFull = 0xffffffffu;
+constexpr unsigned kFull = kFullMask;
 
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(float x) { return x; }
-
-// Query element i of a [B, Hq, kD] tensor with batch stride qb (elements) in its own dtype
-// (0 float, 1 half, 2 bfloat16): no conversion kernel before the attention launch.
-__device__ __forceinline__ float load_q(const void* q, int type, int64_t qb, int b, int64_t i) {
-  const int64_t at = int64_t(b) * qb + i;
-  if (type == 1) return __half2float(static_cast<const __half*>(q)[at]);
-  if (type == 2) return __bfloat162float(static_cast<const __nv_bfloat16*>(q)[at]);
-  return static_cast<const float*>(q)[at];
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFull, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
-  return x;
-}
 // OR of the shifted codes of `cpw` consecutive lanes (one 32-bit word).
 __device__ __forceinline__ uint32_t word_or(uint32_t w, int cpw) {
   for (int o = 1; o < cpw; o <<= 1) w |= __shfl_xor_sync(kFull, w, o);
@@ -323,22 +303,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
       p.part_l[slot_i] = L;
     }
   }
-}
-
-__global__ void combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_m,
-                               const float* __restrict__ part_l, int n_splits, float* __restrict__ out) {
-  const int64_t bq = blockIdx.x;
-  const int d = threadIdx.x;
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_m[bq * n_splits + s]);
-  float L = 0.f, O = 0.f;
-  if (M != -INFINITY)
-    for (int s = 0; s < n_splits; ++s) {
-      const float f = exp2f(part_m[bq * n_splits + s] - M);
-      L += part_l[bq * n_splits + s] * f;
-      O += part_o[(bq * n_splits + s) * kD + d] * f;
-    }
-  out[bq * kD + d] = L > 0.f ? O / L : 0.f;
 }
 
 // ---------------------------------------------------------------- tensor-core packed decode attention
@@ -988,7 +952,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     launch_dense(k_fp.scalar_type(), nrep, dim3(n_r, Hkv, B), p, st);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  combine_kernel<<<dim3(B * Hq), kD, 0, st>>>(base.part_o, base.part_m, base.part_l, total, wsp + n_part * (kD + 2));
+  combine_kernel<kD><<<dim3(B * Hq), kD, 0, st>>>(base.part_o, base.part_m, base.part_l, total, wsp + n_part * (kD + 2));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return ws.narrow(0, n_part * (kD + 2), n_out).view({B, Hq, kD});
 }

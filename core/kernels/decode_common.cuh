@@ -1,0 +1,57 @@
+// Device helpers shared by the decode-attention .cu files of core/kernels (internal: included by
+// .cu files only). Split-K decode attention writes per split an unnormalized output O, the running
+// max M (log2 domain) and the sum L; combine_kernel merges the splits by log-sum-exp.
+// Everything sits in an unnamed namespace so that each .cu file gets its own copy (no -rdc).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace kvx::kernels::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(float x) { return x; }
+
+// Query element i of a [B, Hq, D] tensor with batch stride qb (elements) in its own dtype
+// (0 float, 1 half, 2 bfloat16): no conversion kernel before the attention launch.
+__device__ __forceinline__ float load_q(const void* q, int type, int64_t qb, int b, int64_t i) {
+  const int64_t at = int64_t(b) * qb + i;
+  if (type == 1) return __half2float(static_cast<const __half*>(q)[at]);
+  if (type == 2) return __bfloat162float(static_cast<const __nv_bfloat16*>(q)[at]);
+  return static_cast<const float*>(q)[at];
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+// One block per (b, query head): out[bq, :] = Σ_s O_s·2^(M_s - M) / Σ_s L_s·2^(M_s - M).
+template <int D>
+__global__ void combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_m,
+                               const float* __restrict__ part_l, int n_splits, float* __restrict__ out) {
+  const int64_t bq = blockIdx.x;
+  const int d = threadIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_m[bq * n_splits + s]);
+  float L = 0.f, O = 0.f;
+  if (M != -INFINITY)
+    for (int s = 0; s < n_splits; ++s) {
+      const float f = exp2f(part_m[bq * n_splits + s] - M);
+      L += part_l[bq * n_splits + s] * f;
+      O += part_o[(bq * n_splits + s) * D + d] * f;
+    }
+  out[bq * D + d] = L > 0.f ? O / L : 0.f;
+}
+
+}  // namespace
+}  // namespace kvx::kernels::cuda
