@@ -18,7 +18,11 @@ std::string src(const std::string& rel) {
   return std::string(env && *env ? env : KVX_SOURCE_DIR) + "/" + rel;
 }
 
-class PolicyOnCuda : public ::testing::TestWithParam<const char*> {};
+struct Case {
+  const char* name;
+  const char* method;
+};
+class PolicyOnCuda : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PolicyOnCuda, MatchesCpuPerplexity) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
@@ -29,24 +33,25 @@ TEST_P(PolicyOnCuda, MatchesCpuPerplexity) {
   job["model"] = {{"path", src("data/models/small-code-llama")}};
   job["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
   job["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 384}, {"chunk", 32}, {"max_windows", 1}});
-  job["method"] = resolve_method(nlohmann::json::parse(GetParam()));
+  job["method"] = resolve_method(nlohmann::json::parse(GetParam().method));
   double ppl[2];
   for (int d = 0; d < 2; ++d) {
     ctx.device = d == 0 ? "cpu" : "cuda";
     ppl[d] = run_job(job, ctx)["ppl"].get<double>();
   }
-  EXPECT_NEAR(ppl[1], ppl[0], 2e-3 * ppl[0]) << GetParam();
+  EXPECT_NEAR(ppl[1], ppl[0], 2e-3 * ppl[0]) << GetParam().method;
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Seed003, PolicyOnCuda,
     ::testing::Values(
-        R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24}})",
-        R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24,"kmeans_sequential":true}})",
-        R"({"key":"none","value":"none","policy":{"type":"h2o","heavy":48,"recent":48}})",
-        R"({"key":"none","value":"none","policy":{"type":"sink_window","sink_size":4,"window_size":92}})",
-        R"({"key":"none","value":"none","policy":{"type":"razor","window_size":92,"prompt_len":64}})",
-        R"({"key":"none","value":"none","policy":{"type":"dynamic_kv","budget":96,"prompt_len":64}})",
-        R"({"key":"none","value":"none","policy":{"type":"uncomp","budget":96,"prompt_len":64}})",
-        R"({"key":"none","value":"none","policy":{"type":"zack","fit_tokens":64}})"));
+        Case{"attention_prune", R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24}})"},
+        Case{"attention_prune_sequential", R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":96,"num_clusters":24,"pruning_interval":48,"lookback_window":24,"kmeans_sequential":true}})"},
+        Case{"h2o", R"({"key":"none","value":"none","policy":{"type":"h2o","heavy":48,"recent":48}})"},
+        Case{"sink_window", R"({"key":"none","value":"none","policy":{"type":"sink_window","sink_size":4,"window_size":92}})"},
+        Case{"razor", R"({"key":"none","value":"none","policy":{"type":"razor","window_size":92,"prompt_len":64}})"},
+        Case{"dynamic_kv", R"({"key":"none","value":"none","policy":{"type":"dynamic_kv","budget":96,"prompt_len":64}})"},
+        Case{"uncomp", R"({"key":"none","value":"none","policy":{"type":"uncomp","budget":96,"prompt_len":64}})"},
+        Case{"zack", R"({"key":"none","value":"none","policy":{"type":"zack","fit_tokens":64}})"}),
+    [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 }  // namespace

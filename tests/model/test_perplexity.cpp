@@ -70,6 +70,8 @@ TEST_P(PerplexitySlice, ChunkSizeDoesNotChangePerplexity) {
   EXPECT_DOUBLE_EQ(a["compression_ratio"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(a["retained_fraction"].get<double>(), 1.0);
   EXPECT_EQ(a["kv_bytes_max"].get<int64_t>(), 2 * info.n_layers * info.n_kv_heads * info.head_dim * 128 * 2);
+  // Held over time: after chunks of 32, 64, 96 and 128 tokens, i.e. 80 tokens on average.
+  EXPECT_DOUBLE_EQ(a["kv_bytes_mean"].get<double>(), 2.0 * info.n_layers * info.n_kv_heads * info.head_dim * 80 * 2);
   EXPECT_EQ(a["attention_impl"], "matmul");
   EXPECT_EQ(a["kernel_path"], "cpu");
 }

@@ -63,6 +63,8 @@ TEST(GenerationProtocol, FullPrecisionAgreesWithItself) {
   // 6 layers · 1 batch · 4 kv heads · 64 dims · (48 prompt + 7 decoded tokens cached) · 2 (K, V)
   // · 2 bytes (the full-precision policy accounts values as fp16, ALGORITHMS.md 1.4).
   EXPECT_EQ(m["kv_bytes_max"].get<int64_t>(), 6 * 4 * 64 * 55 * 2 * 2);
+  // Held over time: after the prefill (48 tokens) and the 7 decode steps (49..55): 51.5 on average.
+  EXPECT_DOUBLE_EQ(m["kv_bytes_mean"].get<double>(), 6 * 4 * 64 * 51.5 * 2 * 2);
   for (const char* k : {"prof_prefill_s", "prof_decode_s", "prof_prefill_cache_s", "prof_decode_cache_s",
                         "prof_prefill_layers_other_s", "prof_decode_layers_other_s", "prof_prefill_rest_s",
                         "prof_decode_rest_s"})
