@@ -301,3 +301,16 @@ TEST(Grid, ShippedConfigsLoad) {
   }
   EXPECT_GE(loaded, 8);
 }
+
+// Broken UTF-8 is reported with its position before YAML parsing (it used to escape as a
+// nlohmann::json type_error from deep inside error formatting); well-formed multi-byte text
+// (2, 3 and 4 bytes) loads.
+TEST(GridErrors, InvalidUtf8PointsAtTheByte) {
+  EXPECT_EQ(error_of(std::string(kHead) + "description: ok\xFF\n"),
+            "t.yaml:4:16: invalid UTF-8 (byte 0xFF); configs must be UTF-8 text");
+  EXPECT_TRUE(starts_with(error_of(std::string(kHead) + "description: \xE2\x82\n"), "t.yaml:4:14: invalid UTF-8"));
+  EXPECT_TRUE(starts_with(error_of(std::string(kHead) + "description: \xC0\xAF\n"), "t.yaml:4:14: invalid UTF-8"));  // overlong
+  EXPECT_TRUE(starts_with(error_of(std::string(kHead) + "description: \xED\xA0\x80\n"), "t.yaml:4:14: invalid UTF-8"));  // surrogate
+  const std::string fine = std::string(kHead) + "description: \"na\xC3\xAFve \xE2\x80\x94 \xF0\x9F\x98\x80\"\n";
+  EXPECT_EQ(error_of(fine).find("UTF-8"), std::string::npos) << error_of(fine);
+}
