@@ -331,12 +331,20 @@ TEST(QaqPolicy, ValueRuleWithoutAttentionFailsClearly) {
 
 // q_norm: auto = the 90th percentile of ‖q/√D‖² over the queries seen up to the first key
 // quantization (section 3.4), computed here from the driver's own record of the queries.
-TEST(QaqPolicy, QNormAutoCalibratesFromPromptQueries) {
+static QaqRoleConfig auto_keys() {
   auto kc = role(true, QaqLevel::Head);
   kc.q_norm = 0;
+  return kc;
+}
+static QaqRoleConfig disabled() {
   QaqRoleConfig off;
   off.enabled = false;
-  QaqPolicy p(kc, off, QaqSchedule::Streaming);
+  return off;
+}
+
+TEST(QaqPolicy, QNormAutoCalibratesFromPromptQueries) {
+  auto kc = auto_keys();
+  QaqPolicy p(kc, disabled(), QaqSchedule::Streaming);
   Driver d;
   p.reset(d.m, d.B);
   EXPECT_TRUE(p.wants_queries());
@@ -360,11 +368,7 @@ TEST(QaqPolicy, QNormAutoCalibratesFromPromptQueries) {
 }
 
 TEST(QaqPolicy, QNormAutoWithoutQueriesFailsClearly) {
-  auto kc = role(true, QaqLevel::Head);
-  kc.q_norm = 0;
-  QaqRoleConfig off;
-  off.enabled = false;
-  QaqPolicy p(kc, off, QaqSchedule::Streaming);
+  QaqPolicy p(auto_keys(), disabled(), QaqSchedule::Streaming);
   Driver d;
   p.reset(d.m, d.B);
   EXPECT_THROW(d.step(p, 4, /*observe=*/false), Error);
