@@ -8,6 +8,7 @@
 
 #include "core/common/error.h"
 #include "core/kernels/int8_kv.h"
+#include "core/kernels/packed_kv.h"
 
 namespace kvx::kernels {
 
@@ -63,14 +64,7 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
     ks.push_back(c.k_win.to(at::kCPU, at::kFloat));
     vs.push_back(c.v_win.to(at::kCPU, at::kFloat));
   }
-  if (ks.empty()) throw error("int8_decode_attention: empty cache");
-  auto K = at::cat(ks, 2), V = at::cat(vs, 2);  // [B, Hkv, T, D]
-  auto qf = q.to(at::kCPU, at::kFloat);
-  const int64_t B = qf.size(0), Hq = qf.size(1), D = qf.size(2), Hkv = K.size(1);
-  if (Hq % Hkv != 0) throw error("int8_decode_attention: {} query heads do not group over {} KV heads", Hq, Hkv);
-  auto qg = qf.view({B, Hkv, Hq / Hkv, D});
-  auto s = at::matmul(qg, K.transpose(2, 3)) * scale;  // [B, Hkv, rep, T]
-  return at::matmul(at::softmax(s, -1), V).reshape({B, Hq, D});
+  return attend_parts(q, ks, vs, scale, "int8_decode_attention");
 }
 
 }  // namespace ref

@@ -17,6 +17,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace kvx::kernels {
 
 struct PackedBlock {
@@ -53,6 +55,11 @@ PackedBlock quantize_pack(const at::Tensor& x, int bits, int group, bool per_cha
 at::Tensor dequantize(const PackedBlock& b, at::ScalarType dtype);
 at::Tensor decode_attention(const at::Tensor& q, const PackedBlock& k, const PackedBlock& v,
                             const at::Tensor& k_res, const at::Tensor& v_res, double scale);
+// Plain fp32 attention of q [B, Hq, D] over the cache parts ks/vs ([B, Hkv, T_i, D], CPU fp32)
+// concatenated along tokens: what every decode reference computes once it has dequantized.
+// `who` names the caller in errors.
+at::Tensor attend_parts(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs,
+                        double scale, const char* who);
 }  // namespace ref
 
 #ifdef KVX_WITH_CUDA

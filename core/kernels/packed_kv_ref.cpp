@@ -125,11 +125,16 @@ at::Tensor decode_attention(const at::Tensor& q, const PackedBlock& k, const Pac
     ks.push_back(k_res.to(at::kCPU, at::kFloat));
     vs.push_back(v_res.to(at::kCPU, at::kFloat));
   }
-  if (ks.empty()) throw error("decode_attention: empty cache");
+  return attend_parts(q, ks, vs, scale, "decode_attention");
+}
+
+at::Tensor attend_parts(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs,
+                        double scale, const char* who) {
+  if (ks.empty()) throw error("{}: empty cache", who);
   auto K = at::cat(ks, 2), V = at::cat(vs, 2);  // [B, Hkv, T, D]
   auto qf = q.to(at::kCPU, at::kFloat);
   const int64_t B = qf.size(0), Hq = qf.size(1), D = qf.size(2), Hkv = K.size(1);
-  if (Hq % Hkv != 0) throw error("decode_attention: {} query heads do not group over {} KV heads", Hq, Hkv);
+  if (Hq % Hkv != 0) throw error("{}: {} query heads do not group over {} KV heads", who, Hq, Hkv);
   auto qg = qf.view({B, Hkv, Hq / Hkv, D});
   auto s = at::matmul(qg, K.transpose(2, 3)) * scale;  // [B, Hkv, rep, T]
   return at::matmul(at::softmax(s, -1), V).reshape({B, Hq, D});
