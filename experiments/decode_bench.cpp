@@ -149,8 +149,6 @@ double graph_time_us(const at::Device& dev, int iters, F&& fn, int inner) {
 #endif
 }
 
-int64_t nbytes(const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; }
-
 // One layer's cache for a method: packed body + fp16 residual, a selective-int8 cache, HIGGS
 // codes, or a dense fp16 cache.
 struct LayerCache {
@@ -160,8 +158,8 @@ struct LayerCache {
   kernels::HiggsView hk, hv;  // rows = (b, KV head, token), C = head_dim
   int64_t higgs_heads = 0;
   int64_t bytes() const {
-    auto hb = [](const kernels::HiggsView& h) { return nbytes(h.packed) + nbytes(h.scales); };
-    return k.bytes() + v.bytes() + nbytes(k_fp) + nbytes(v_fp) + i8.bytes() + hb(hk) + hb(hv);
+    auto hb = [](const kernels::HiggsView& h) { return kernels::tensor_bytes(h.packed) + kernels::tensor_bytes(h.scales); };
+    return k.bytes() + v.bytes() + kernels::tensor_bytes(k_fp) + kernels::tensor_bytes(v_fp) + i8.bytes() + hb(hk) + hb(hv);
   }
 };
 

@@ -2,41 +2,34 @@
 // per layer and (batch, KV head)
 //     [ sinks: fp16/bf16 | body: int8 absmax per token + fp32 scale | recent window: fp16/bf16 ]
 // quantize-on-append (1.5.2: a = max(max|x|, 1e-8), s = a/127, q = clamp(round_half_even(x/s),
-// -127, 127)), dequantize (x̂ = q·s in fp32), and fused decode attention that reads the int8 codes,
-// dequantizes in registers and covers sinks, body and window in one split-K launch (each split
-// lies in one segment) followed by the log-sum-exp merge of packed_kv.h's kernels.
+// -127, 127)) and fused decode attention that reads the int8 codes, dequantizes in registers and
+// covers sinks, body and window in one split-K launch (each split lies in one segment) followed by
+// the log-sum-exp merge of packed_kv.h's kernels.
 //
-// Int8Rows has the layout of core/cache/int8_absmax.h's Int8Block (codes int8 [B, H, N, D],
-// scale fp32 [B, H, N]) so a policy's storage can be handed over without copies.
-//
-// Every function has a plain CPU reference (int8_kv_ref.cpp); tensors on CUDA take the CUDA
-// kernels (int8_kv_cuda.cu) when kvx was built with them, otherwise a clear error.
+// The body is core/cache/int8_absmax.h's Int8Block (codes int8 [B, H, N, D], scale fp32
+// [B, H, N]), so a policy's storage is handed over without copies, and that codec is the CPU
+// reference of int8_quantize (its int8_dequantize, plain ATen, serves every device).
+// int8_decode_attention has a plain CPU reference (int8_kv_ref.cpp); tensors on CUDA take the
+// CUDA kernels (int8_kv_cuda.cu) when kvx was built with them, otherwise a clear error.
 #pragma once
 #include <ATen/core/Tensor.h>
 
-namespace kvx::kernels {
+#include "core/cache/int8_absmax.h"
 
-struct Int8Rows {
-  at::Tensor codes;  // int8 [B, H, N, D]
-  at::Tensor scale;  // fp32 [B, H, N]
-  int64_t tokens() const { return codes.defined() ? codes.size(2) : 0; }
-  int64_t bytes() const;
-};
+namespace kvx::kernels {
 
 // One layer's selective-int8 cache. Undefined or zero-length segments are allowed (T <= S + W:
 // no body; S = 0: no sinks), but not all three empty. Sinks and window share one dtype
 // (float16 or bfloat16 on CUDA; any floating dtype on CPU).
 struct SelectiveInt8Cache {
   at::Tensor k_sink, v_sink;  // [B, Hkv, S, D]
-  Int8Rows k_body, v_body;    // [B, Hkv, N, D]
+  Int8Block k_body, v_body;   // [B, Hkv, N, D]
   at::Tensor k_win, v_win;    // [B, Hkv, W, D]
   int64_t bytes() const;
 };
 
-// x: [B, H, T, D] float/half/bf16.
-Int8Rows int8_quantize(const at::Tensor& x);
-// Back to [B, H, T, D] in `dtype`.
-at::Tensor int8_dequantize(const Int8Rows& r, at::ScalarType dtype);
+// x: [B, H, T, D] float/half/bf16; on CUDA the kernel, elsewhere core/cache's codec (bit-identical).
+Int8Block int8_quantize(const at::Tensor& x);
 
 // One decode step for every query head: q [B, Hq, D], Hq a multiple of Hkv (GQA: query head h
 // uses KV head h / (Hq/Hkv)); attends over sinks, body and window. Returns [B, Hq, D] fp32.
@@ -45,15 +38,12 @@ at::Tensor int8_dequantize(const Int8Rows& r, at::ScalarType dtype);
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
 
 namespace ref {
-Int8Rows int8_quantize(const at::Tensor& x);
-at::Tensor int8_dequantize(const Int8Rows& r, at::ScalarType dtype);
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
 }  // namespace ref
 
 #ifdef KVX_WITH_CUDA
 namespace cuda {
-Int8Rows int8_quantize(const at::Tensor& x);
-at::Tensor int8_dequantize(const Int8Rows& r, at::ScalarType dtype);
+Int8Block int8_quantize(const at::Tensor& x);
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
 }  // namespace cuda
 #endif

@@ -295,13 +295,13 @@ at::Tensor rows_of(const at::Tensor& x, int64_t B, int64_t Hkv, const char* what
 
 }  // namespace
 
-Int8Rows int8_quantize(const at::Tensor& x_in) {
+Int8Block int8_quantize(const at::Tensor& x_in) {
   if (x_in.dim() != 4) throw error("int8_quantize: expected [B, H, T, D], got {} dims", x_in.dim());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const int64_t D = x.size(3);
   if (D < 32 || D > 1024 || D % 32 != 0) throw error("int8_quantize: head_dim {} is not a multiple of 32 up to 1024", D);
-  Int8Rows r;
+  Int8Block r;
   r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
   r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
   const int64_t rows = r.scale.numel();
@@ -319,11 +319,6 @@ Int8Rows int8_quantize(const at::Tensor& x_in) {
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return r;
-}
-
-// Elementwise: ATen's fused multiply is already bandwidth-bound, the same fp32 product as the reference.
-at::Tensor int8_dequantize(const Int8Rows& r, at::ScalarType dtype) {
-  return (r.codes.to(at::kFloat) * r.scale.unsqueeze(-1)).to(dtype);
 }
 
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {

@@ -21,6 +21,9 @@
 
 namespace kvx::kernels {
 
+// Bytes a tensor holds (0 when undefined): the memory figures of the cache layouts below.
+int64_t tensor_bytes(const at::Tensor& t);
+
 struct PackedBlock {
   at::Tensor codes;  // int32 [B, H, T, W]
   at::Tensor scale;  // fp16, see layout above

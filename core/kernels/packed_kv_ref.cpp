@@ -9,10 +9,9 @@
 
 namespace kvx::kernels {
 
-int64_t PackedBlock::bytes() const {
-  auto nb = [](const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; };
-  return nb(codes) + nb(scale) + nb(minv);
-}
+int64_t tensor_bytes(const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; }
+
+int64_t PackedBlock::bytes() const { return tensor_bytes(codes) + tensor_bytes(scale) + tensor_bytes(minv); }
 
 namespace {
 

@@ -1,5 +1,6 @@
-// Selective-int8 kernels: the CPU reference against the cache codec (core/cache/int8_absmax.h) and
-// an independent naive attention; the CUDA kernels against the CPU reference (skipped without CUDA).
+// Selective-int8 kernels: the CPU reference attention against an independent naive attention; the
+// CUDA kernels against the CPU reference and the cache codec (core/cache/int8_absmax.h, also the
+// CPU path of int8_quantize) (skipped without CUDA).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
@@ -48,7 +49,7 @@ kk::SelectiveInt8Cache to_cpu(kk::SelectiveInt8Cache c) {
 // Key or value j of (b, h) in cache order sinks, body, window, dequantized by hand.
 double entry(const kk::SelectiveInt8Cache& c, bool key, int b, int h, int j, int d) {
   const at::Tensor& sink = key ? c.k_sink : c.v_sink;
-  const kk::Int8Rows& body = key ? c.k_body : c.v_body;
+  const kvx::Int8Block& body = key ? c.k_body : c.v_body;
   const at::Tensor& win = key ? c.k_win : c.v_win;
   const int S = sink.defined() ? int(sink.size(2)) : 0, N = int(body.tokens());
   if (j < S) return sink[b][h][j][d].item<double>();
@@ -57,17 +58,6 @@ double entry(const kk::SelectiveInt8Cache& c, bool key, int b, int h, int j, int
 }
 
 }  // namespace
-
-TEST(Int8KVRef, QuantizeMatchesCacheCodec) {
-  at::manual_seed(11);
-  auto x = at::randn({2, 3, 37, 128}) * at::linspace(0.1, 10, 128);
-  x[0][1][5].zero_();  // all-zero row: scale falls back to 1e-8/127
-  auto r = kk::ref::int8_quantize(x);
-  auto want = kvx::int8_quantize(x);
-  EXPECT_TRUE(at::equal(r.codes, want.codes));
-  EXPECT_TRUE(at::equal(r.scale, want.scale));
-  EXPECT_TRUE(at::equal(kk::ref::int8_dequantize(r, at::kFloat), kvx::int8_dequantize(want, at::kFloat)));
-}
 
 TEST(Int8KVRef, DecodeAttentionMatchesNaiveLoops) {
   at::manual_seed(12);
@@ -102,17 +92,17 @@ TEST(Int8KVRef, EmptyCacheIsAnError) {
   EXPECT_ANY_THROW(kk::int8_decode_attention(at::randn({1, 2, 128}), c, 0.1));
 }
 
-TEST(Int8KVCuda, QuantizeMatchesReferenceExactly) {
+TEST(Int8KVCuda, QuantizeMatchesCacheCodecExactly) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   at::manual_seed(13);
   for (auto dt : {at::kFloat, at::kBFloat16, at::kHalf}) {
     auto x = (at::randn({2, 4, 301, 128}) * at::linspace(0.1, 10, 128)).to(dt);
     x[1][2][7].zero_();
     auto c = kk::int8_quantize(x.cuda());
-    auto r = kk::ref::int8_quantize(x);
+    auto r = kvx::int8_quantize(x);
     EXPECT_TRUE(at::equal(c.codes.cpu(), r.codes)) << dt;
     EXPECT_TRUE(at::equal(c.scale.cpu(), r.scale)) << dt;
-    EXPECT_TRUE(at::equal(kk::int8_dequantize(c, at::kFloat).cpu(), kk::ref::int8_dequantize(r, at::kFloat))) << dt;
+    EXPECT_TRUE(at::equal(kvx::int8_dequantize(c, at::kFloat).cpu(), kvx::int8_dequantize(r, at::kFloat))) << dt;
   }
 }
 
