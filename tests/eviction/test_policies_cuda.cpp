@@ -4,19 +4,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-
-#include "experiments/model_cache.h"
-#include "experiments/protocol.h"
-#include "quantizers/registry.h"
+#include "tests/protocols/test_support.h"
 
 using namespace kvx;
 
 namespace {
-std::string src(const std::string& rel) {
-  const char* env = std::getenv("KVX_SOURCE_DIR");
-  return std::string(env && *env ? env : KVX_SOURCE_DIR) + "/" + rel;
-}
 
 struct Case {
   const char* name;
@@ -26,14 +18,10 @@ class PolicyOnCuda : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PolicyOnCuda, MatchesCpuPerplexity) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  auto cache = make_model_cache();
-  JobContext ctx;
-  ctx.models = cache.get();
-  nlohmann::json job;
-  job["model"] = {{"path", src("data/models/small-code-llama")}};
-  job["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
-  job["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 384}, {"chunk", 32}, {"max_windows", 1}});
-  job["method"] = resolve_method(nlohmann::json::parse(GetParam().method));
+  const auto job = test::make_job("small-code-llama",
+                                  {{"name", "perplexity"}, {"seq_len", 384}, {"chunk", 32}, {"max_windows", 1}},
+                                  nlohmann::json::parse(GetParam().method), test::wikitext());
+  JobContext ctx = test::context();  // a copy: the device below is this test's own
   double ppl[2];
   for (int d = 0; d < 2; ++d) {
     ctx.device = d == 0 ? "cpu" : "cuda";

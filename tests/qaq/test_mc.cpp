@@ -17,6 +17,7 @@
 #include "experiments/text_windows.h"
 #include "quantizers/qaq.h"
 #include "quantizers/registry.h"
+#include "tests/protocols/test_support.h"
 
 using namespace kvx;
 
@@ -150,17 +151,11 @@ TEST(MultipleChoice, ProtocolRunsQaqOneShotOnHandMadePiqa) {
 // calibrated value must reproduce the perplexity exactly (auto ≡ that number), and the number
 // must be a plausible ‖q/√D‖² (not the literal 300, not a default).
 TEST(QaqAuto, PerplexityCalibratesQNormFromTheModelsQueries) {
-  auto cache = make_model_cache();
-  JobContext ctx;
-  ctx.models = cache.get();
-  nlohmann::json job;
-  job["model"] = {{"path", src("data/models/small-code-llama")}};
-  job["dataset"] = {{"path", src("data/wikitext-2/test.txt")}};
-  job["protocol"] = resolve_protocol({{"name", "perplexity"}, {"seq_len", 96}, {"chunk", 32}, {"max_windows", 1}});
+  const nlohmann::json protocol = {{"name", "perplexity"}, {"seq_len", 96}, {"chunk", 32}, {"max_windows", 1}};
   auto with_q_norm = [&](const nlohmann::json& qn) {
-    job["method"] = resolve_method({{"key", {{"type", "qaq"}, {"q_norm", qn}, {"target_quantization_error", 3.0}}},
-                                    {"value", {{"type", "qaq"}}}});
-    return run_job(job, ctx);
+    const nlohmann::json method = {{"key", {{"type", "qaq"}, {"q_norm", qn}, {"target_quantization_error", 3.0}}},
+                                   {"value", {{"type", "qaq"}}}};
+    return run_job(test::make_job("small-code-llama", protocol, method, test::wikitext()), test::context());
   };
   const auto a = with_q_norm("auto");
   ASSERT_TRUE(a.contains("q_norm"));
