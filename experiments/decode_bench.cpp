@@ -192,8 +192,8 @@ LayerCache make_cache(const Method& m, const ModelShape& s, int64_t B, int64_t T
     auto fp = [&](int64_t n) { return at::randn({B, s.kv_heads, n, s.head_dim}, opt); };
     c.i8.k_sink = fp(S);
     c.i8.v_sink = fp(S);
-    c.i8.k_body = kernels::int8_quantize(fp(N));
-    c.i8.v_body = kernels::int8_quantize(fp(N));
+    c.i8.k_body = kvx::int8_quantize(fp(N));
+    c.i8.v_body = kvx::int8_quantize(fp(N));
     c.i8.k_win = fp(W);
     c.i8.v_win = fp(W);
     return c;
@@ -346,8 +346,8 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       row["append_us_per_token_per_layer"] = time_us(
           dev, opt.iters,
           [&] {
-            (void)kernels::int8_quantize(fresh);
-            (void)kernels::int8_quantize(fresh);
+            (void)kvx::int8_quantize(fresh);
+            (void)kvx::int8_quantize(fresh);
           },
           kAttnInner);
     }  // higgs: quantization runs on the CPU (core/higgs), not timed here

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/cache/bit_packing.h"
+#include "core/cache/codec_cuda.h"
 #include "core/common/error.h"
 
 namespace kvx {
@@ -33,6 +34,9 @@ AffineBlock affine_quantize(const at::Tensor& x, int bits, int64_t group, GroupA
   blk.H = x.size(1);
   blk.N = x.size(2);
   blk.D = x.size(3);
+#ifdef KVX_WITH_CUDA
+  if (x.is_cuda()) return cuda_codec::affine_quantize(x, bits, group, axis, meta_dtype);
+#endif
   const int64_t B = blk.B, H = blk.H, N = blk.N, D = blk.D;
   const at::Tensor xf = x.detach().to(at::kCPU, at::kFloat).contiguous();
   const float* px = xf.data_ptr<float>();
@@ -117,6 +121,9 @@ at::Tensor affine_codes(const AffineBlock& blk) {
 }
 
 at::Tensor affine_dequantize(const AffineBlock& blk, at::ScalarType dtype) {
+#ifdef KVX_WITH_CUDA
+  if (blk.codes.is_cuda()) return cuda_codec::affine_dequantize(blk, dtype);
+#endif
   const int64_t B = blk.B, H = blk.H, N = blk.N, D = blk.D;
   auto out = at::empty({B, H, N, D}, at::kFloat);
   if (out.numel() == 0) return out.to(blk.codes.device(), dtype);

@@ -5,12 +5,16 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/cache/codec_cuda.h"
 #include "core/common/error.h"
 
 namespace kvx {
 
 Int8Block int8_quantize(const at::Tensor& x) {
   if (x.dim() != 4) throw error("int8_quantize: expected [B, H, N, D], got {} dims", x.dim());
+#ifdef KVX_WITH_CUDA
+  if (x.is_cuda() && cuda_codec::int8_supported(x)) return cuda_codec::int8_quantize(x);
+#endif
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
   const at::Tensor xf = x.detach().to(at::kCPU, at::kFloat).contiguous();
   Int8Block blk;

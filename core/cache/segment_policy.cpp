@@ -1,6 +1,7 @@
 #include "core/cache/segment_policy.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <vector>
@@ -25,11 +26,46 @@ int64_t ntok(const at::Tensor& t) { return t.defined() ? t.size(2) : 0; }
 struct Side {
   at::Tensor sink, resid;  // full precision, compute dtype
   std::vector<std::unique_ptr<CodedBlock>> body;
+  // Working copy of [sink, decoded body, residual, chunk] in the compute dtype: what attention
+  // reads. Each block is decoded once, into its place, when it is new (a RequantizeAll flush
+  // replaces the body, so it is decoded again then); capacity doubles as tokens arrive.
+  at::Tensor view;
+  size_t decoded = 0;     // body blocks [0, decoded) sit decoded in view after the sink
+  int64_t sink_in = 0;    // sink tokens written to view
 
+  int64_t body_tokens() const {
+    int64_t n = 0;
+    for (const auto& b : body) n += b->tokens();
+    return n;
+  }
   at::Tensor decode_body(at::ScalarType dtype) const {
     std::vector<at::Tensor> parts;
     for (const auto& b : body) parts.push_back(b->decode(dtype));
     return cat_tokens(parts);
+  }
+  // [sink, body, resid, x] as view.narrow(2, 0, N), decoding only blocks not decoded before.
+  at::Tensor assemble(const at::Tensor& x) {
+    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2);
+    int64_t at_tok = S;
+    for (size_t i = 0; i < decoded; ++i) at_tok += body[i]->tokens();
+    const int64_t N = S + body_tokens() + R + n;
+    if (!view.defined() || view.size(2) < N) {
+      auto grown = at::empty({x.size(0), x.size(1), std::max<int64_t>(64, 2 * N), x.size(3)}, x.options());
+      if (view.defined() && at_tok > 0) grown.narrow(2, 0, at_tok).copy_(view.narrow(2, 0, at_tok));
+      view = grown;
+    }
+    if (sink_in < S) {
+      view.narrow(2, 0, S).copy_(sink);
+      sink_in = S;
+    }
+    for (; decoded < body.size(); ++decoded) {
+      const int64_t t = body[decoded]->tokens();
+      view.narrow(2, at_tok, t).copy_(body[decoded]->decode(x.scalar_type()));
+      at_tok += t;
+    }
+    if (R > 0) view.narrow(2, at_tok, R).copy_(resid);
+    view.narrow(2, at_tok + R, n).copy_(x);
+    return view.narrow(2, 0, N);
   }
   void account(const std::string& prefix, SegmentTally& t) const {
     t.add(prefix + ".sink", sink.defined() ? sink.numel() : 0, fp_bits(sink));
@@ -71,13 +107,20 @@ class SegmentsPolicy final : public KVCachePolicy {
     if (n == 0) throw error("{} policy: update() with an empty chunk (layer {})", cfg_.name, layer);
     const at::ScalarType dt = k_new.scalar_type();
 
-    // Decoded once per call: used for the return value and, on a RequantizeAll flush, re-encoded.
-    const at::Tensor deq_k = L.k.decode_body(dt);
-    const at::Tensor deq_v = L.v.decode_body(v_new.scalar_type());
-
     AttnInputs out;
-    out.k = cat_tokens({L.k.sink, deq_k, L.k.resid, k_new});
-    out.v = cat_tokens({L.v.sink, deq_v, L.v.resid, v_new});
+    at::Tensor deq_k, deq_v;  // the decoded body, re-encoded on a RequantizeAll flush
+    if (at::GradMode::is_enabled() && (k_new.requires_grad() || v_new.requires_grad())) {
+      // Training: the persistent view would be written in place under tensors saved for backward.
+      deq_k = L.k.decode_body(dt);
+      deq_v = L.v.decode_body(v_new.scalar_type());
+      out.k = cat_tokens({L.k.sink, deq_k, L.k.resid, k_new});
+      out.v = cat_tokens({L.v.sink, deq_v, L.v.resid, v_new});
+    } else {
+      out.k = L.k.assemble(k_new);
+      out.v = L.v.assemble(v_new);
+      deq_k = out.k.narrow(2, ntok(L.k.sink), L.k.body_tokens());
+      deq_v = out.v.narrow(2, ntok(L.v.sink), L.v.body_tokens());
+    }
     const int64_t N = out.k.size(2);
     out.key_pos = at::arange(L.len + n - N, L.len + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
     out.n_cached = N - n;
@@ -141,6 +184,7 @@ class SegmentsPolicy final : public KVCachePolicy {
         L.v.body.clear();
         L.k.body.push_back(std::move(bk));
         L.v.body.push_back(std::move(bv));
+        L.k.decoded = L.v.decoded = 0;
       } else {
         L.k.body.push_back(cfg_.key_codec->encode(cat_tokens({L.k.resid, rk})));
         L.v.body.push_back(cfg_.value_codec->encode(cat_tokens({L.v.resid, rv})));

@@ -2,8 +2,12 @@
 //     [ sink: positions < S, full precision | body: coded blocks | residual: full precision ]
 // and every update returns [sink, decode(body), residual, chunk] in the compute dtype with the
 // chunk itself untouched (ALGORITHMS.md 1.2). The body is real storage (packed codes plus
-// metadata, see token_codec.h); it is decoded block by block once per update call and that
-// decoded copy lives only for the call (it is never kept, so it is never owed to memory()).
+// metadata, see token_codec.h) and is what memory() reports. What attention reads is a decoded
+// working copy of the whole layout, kept between calls so that each block is decoded once, when
+// it enters the body, rather than on every chunk (a fused kernel would read the codes directly;
+// the copy is the price of plain attention and is not the method's storage). With gradients
+// enabled (training) each call decodes afresh and concatenates, as before, since the copy is
+// written in place.
 //
 // How tokens move from the residual into the body (FlushMode):
 //   RequantizeAll / Append — the KVQ rule of ALGORITHMS.md 4.4, applied to tokens at positions

@@ -1,14 +1,13 @@
 // Kernels over the selective-int8 cache layout (ALGORITHMS.md 6.3, policy quantizers/selective_int8):
 // per layer and (batch, KV head)
 //     [ sinks: fp16/bf16 | body: int8 absmax per token + fp32 scale | recent window: fp16/bf16 ]
-// quantize-on-append (1.5.2: a = max(max|x|, 1e-8), s = a/127, q = clamp(round_half_even(x/s),
-// -127, 127)) and fused decode attention that reads the int8 codes, dequantizes in registers and
+// fused decode attention that reads the int8 codes, dequantizes in registers and
 // covers sinks, body and window in one split-K launch (each split lies in one segment) followed by
 // the log-sum-exp merge of packed_kv.h's kernels.
 //
 // The body is core/cache/int8_absmax.h's Int8Block (codes int8 [B, H, N, D], scale fp32
-// [B, H, N]), so a policy's storage is handed over without copies, and that codec is the CPU
-// reference of int8_quantize (its int8_dequantize, plain ATen, serves every device).
+// [B, H, N]), so a policy's storage is handed over without copies; quantize-on-append is that
+// codec's int8_quantize (a CUDA kernel for CUDA tensors, core/cache/codec_cuda.h).
 // int8_decode_attention has a plain CPU reference (int8_kv_ref.cpp); tensors on CUDA take the
 // CUDA kernels (int8_kv_cuda.cu) when kvx was built with them, otherwise a clear error.
 #pragma once
@@ -28,9 +27,6 @@ struct SelectiveInt8Cache {
   int64_t bytes() const;
 };
 
-// x: [B, H, T, D] float/half/bf16; on CUDA the kernel, elsewhere core/cache's codec (bit-identical).
-Int8Block int8_quantize(const at::Tensor& x);
-
 // One decode step for every query head: q [B, Hq, D], Hq a multiple of Hkv (GQA: query head h
 // uses KV head h / (Hq/Hkv)); attends over sinks, body and window. Returns [B, Hq, D] fp32.
 // On CUDA this is the fused kernel (D = 128, GQA ratio 1, 2, 3, 4, 7 or 8); on CPU the
@@ -43,7 +39,6 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
 
 #ifdef KVX_WITH_CUDA
 namespace cuda {
-Int8Block int8_quantize(const at::Tensor& x);
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
 }  // namespace cuda
 #endif

@@ -43,27 +43,6 @@ __device__ __forceinline__ float s8_to_f(uint32_t wx) {
   return __int_as_float(int(__byte_perm(wx, 0x00004B00u, 0x5440u | K))) - 8388736.f;
 }
 
-// ---------------------------------------------------------------- quantize on append
-// One block per token row of D channels (one thread each): absmax by warp shuffles, then a
-// shared-memory pass over the warps' maxima.
-template <typename T>
-__global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int8_t* __restrict__ codes,
-                                     float* __restrict__ scale) {
-  __shared__ float warp_amax[32];
-  const int64_t row = blockIdx.x;
-  const int d = threadIdx.x;
-  const float v = to_f(x[row * D + d]);
-  float a = warp_max(fabsf(v));
-  if (d % 32 == 0) warp_amax[d / 32] = a;
-  __syncthreads();
-  a = 0.f;
-  for (int w = 0; w < (D + 31) / 32; ++w) a = fmaxf(a, warp_amax[w]);
-  const float s = fmaxf(a, 1e-8f) / 127.f;
-  // rintf: round half to even, as the reference's nearbyint; x/s in fp32 as the reference
-  codes[row * D + d] = int8_t(fminf(fmaxf(rintf(v / s), -127.f), 127.f));
-  if (d == 0) scale[row] = s;
-}
-
 // ---------------------------------------------------------------- fused decode attention
 struct Segment {
   const void* k;      // int8 codes or dense rows (TD)
@@ -294,32 +273,6 @@ at::Tensor rows_of(const at::Tensor& x, int64_t B, int64_t Hkv, const char* what
 }
 
 }  // namespace
-
-Int8Block int8_quantize(const at::Tensor& x_in) {
-  if (x_in.dim() != 4) throw error("int8_quantize: expected [B, H, T, D], got {} dims", x_in.dim());
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  const int64_t D = x.size(3);
-  if (D < 32 || D > 1024 || D % 32 != 0) throw error("int8_quantize: head_dim {} is not a multiple of 32 up to 1024", D);
-  Int8Block r;
-  r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
-  const int64_t rows = r.scale.numel();
-  if (rows == 0) return r;
-  auto st = at::cuda::getCurrentCUDAStream();
-  auto run = [&](const auto* xp) {
-    int8_quantize_kernel<<<dim3(unsigned(rows)), unsigned(D), 0, st>>>(xp, int(D), r.codes.data_ptr<int8_t>(),
-                                                                       r.scale.data_ptr<float>());
-  };
-  switch (x.scalar_type()) {
-    case at::kFloat: run(x.data_ptr<float>()); break;
-    case at::kHalf: run(reinterpret_cast<const __half*>(x.data_ptr<at::Half>())); break;
-    case at::kBFloat16: run(reinterpret_cast<const __nv_bfloat16*>(x.data_ptr<at::BFloat16>())); break;
-    default: throw error("int8_quantize: unsupported dtype");
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return r;
-}
 
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());

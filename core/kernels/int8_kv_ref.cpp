@@ -42,15 +42,6 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
 
 }  // namespace ref
 
-Int8Block int8_quantize(const at::Tensor& x) {
-#ifdef KVX_WITH_CUDA
-  if (x.is_cuda()) return cuda::int8_quantize(x);
-#else
-  if (x.is_cuda()) throw error("int8_quantize: this kvx build has no CUDA kernels");
-#endif
-  return kvx::int8_quantize(x);
-}
-
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {
 #ifdef KVX_WITH_CUDA
   if (q.is_cuda()) return cuda::int8_decode_attention(q, c, scale);

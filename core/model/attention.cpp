@@ -53,6 +53,19 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
                 sizes_str(a.head_pos), layer, Hkv, a.k.size(2));
   const int64_t N = a.k.size(2);
   at::Tensor k = a.k.to(q.scalar_type()), v = a.v.to(q.scalar_type());
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  // Nothing cached and no window: plain causal attention over the chunk, which SDPA runs as a
+  // flash kernel without a mask (and with the GQA grouping inside the kernel).
+  const bool plain_causal = a.n_cached == 0 && N == T && !a.head_pos.defined() && a.window < 0 &&
+                            (opt.model_window <= 0 || opt.model_window >= T);
+  if (q.is_cuda() && !cache.wants_attention() && plain_causal) {
+    impl = "sdpa";
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, opt.scale, /*enable_gqa=*/true)
+        .transpose(1, 2)
+        .reshape({B, T, Hq * D});
+  }
+#endif
   at::Tensor allowed = visibility(a, step.pos0, T, opt);  // [T, N], or [Hkv, T, N] with head_pos
   // Query head h = kv*G + g; folding g into the token axis lets one matmul serve the group.
   at::Tensor qg = q.reshape({B, Hkv, G * T, D});
