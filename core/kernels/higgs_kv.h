@@ -7,7 +7,8 @@
 // llama3-8b B8 32K, d2n256 g128): 3.6 ms per layer for K+V dequantize + attention against 0.47 ms
 // for bf16 SDPA; a faster index unpack (shared-memory staged bytes) is the obvious next step.
 //
-// The view carries core/higgs's HiggsCodes fields without depending on core/higgs:
+// The view carries core/higgs's HiggsCodes fields with the indices on the device too (HiggsCodes
+// keeps them on the host); the CPU reference is core/higgs's dequantization:
 //   packed  uint8 [ceil(rows·m·v·bits/8)]: index i at stream bits [i·bits, i·bits + bits),
 //           LSB-first, in (row, group, vector) order (core/higgs/index_packing.h)
 //   scales  fp16 [rows, m] (m = ceil(C/g) groups; v = ceil(g/d) vectors per group)
@@ -30,7 +31,7 @@ struct HiggsView {
 at::Tensor higgs_dequantize(const HiggsView& h, at::ScalarType dtype);
 
 namespace ref {
-at::Tensor higgs_dequantize(const HiggsView& h, at::ScalarType dtype);  // CPU, [rows, C]
+at::Tensor higgs_dequantize(const HiggsView& h, at::ScalarType dtype);  // CPU, [rows, C]: core/higgs
 }  // namespace ref
 
 #ifdef KVX_WITH_CUDA

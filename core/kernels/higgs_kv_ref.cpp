@@ -1,10 +1,9 @@
-// Plain CPU reference of higgs_kv.h (scalar loops; the butterfly in the same order as
-// core/higgs/hadamard.cpp, so both give the same fp32 numbers) and the dispatching function.
+// CPU reference of higgs_kv.h (core/higgs's own dequantization of the same codes) and the
+// dispatching function.
 #include <ATen/ATen.h>
 
-#include <vector>
-
 #include "core/common/error.h"
+#include "core/higgs/higgs_quantizer.h"
 #include "core/kernels/higgs_kv.h"
 
 namespace kvx::kernels {
@@ -25,35 +24,16 @@ namespace ref {
 
 at::Tensor higgs_dequantize(const HiggsView& h, at::ScalarType dtype) {
   check_view(h);
-  const int64_t m = (h.C + h.g - 1) / h.g, v = (h.g + h.d - 1) / h.d, g = h.g;
-  const auto packed = h.packed.to(at::kCPU).contiguous();
-  const auto sc = h.scales.to(at::kCPU, at::kFloat).contiguous();
-  const auto pts = h.points.to(at::kCPU, at::kFloat).contiguous();
-  const uint8_t* pb = packed.data_ptr<uint8_t>();
-  const float* ps = sc.data_ptr<float>();
-  const float* pp = pts.data_ptr<float>();
-  auto out = at::empty({h.rows, h.C}, at::kFloat);
-  float* po = out.data_ptr<float>();
-  std::vector<float> grp(size_t(v * h.d));
-  for (int64_t r = 0; r < h.rows; ++r)
-    for (int64_t j = 0; j < m; ++j) {
-      const float s = ps[r * m + j];
-      for (int64_t k = 0; k < v; ++k) {
-        const int64_t bit = ((r * m + j) * v + k) * h.bits;
-        uint32_t idx = 0;
-        for (int b = 0; b < h.bits; ++b) idx |= uint32_t((pb[(bit + b) / 8] >> ((bit + b) % 8)) & 1) << b;
-        for (int c = 0; c < h.d; ++c) grp[size_t(k * h.d + c)] = pp[idx * h.d + c] * s;
-      }
-      for (int64_t hs = 1; hs < g; hs *= 2)
-        for (int64_t i = 0; i < g; i += 2 * hs)
-          for (int64_t t = i; t < i + hs; ++t) {
-            const float a = grp[size_t(t)], b = grp[size_t(t + hs)];
-            grp[size_t(t)] = a + b;
-            grp[size_t(t + hs)] = a - b;
-          }
-      for (int64_t t = 0; t < g && j * g + t < h.C; ++t) po[r * h.C + j * g + t] = grp[size_t(t)] / float(g);
-    }
-  return out.to(dtype);
+  higgs::HiggsCodes c;
+  c.rows = h.rows;
+  c.C = h.C;
+  c.g = h.g;
+  c.d = h.d;
+  c.n = 1 << h.bits;
+  c.bits = h.bits;
+  c.packed = h.packed.to(at::kCPU).contiguous();
+  c.scales = h.scales.to(at::kCPU).contiguous();
+  return higgs::higgs_dequantize(c, higgs::make_grid(h.d, c.n, h.points.to(at::kCPU, at::kFloat).contiguous()), dtype);
 }
 
 }  // namespace ref

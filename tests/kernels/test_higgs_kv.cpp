@@ -1,6 +1,6 @@
-// HIGGS dequantization kernels against core/higgs's CPU dequantization: the plain CPU reference on
-// every build, the CUDA kernel where a device exists (skipped otherwise). Both must agree with
-// core/higgs exactly (same grid lookups, same butterfly operations in the same order).
+// The HIGGS dequantization kernel against core/higgs's CPU dequantization (its reference), where a
+// device exists (skipped otherwise): the same grid lookups and butterfly operations in the same
+// order, so the numbers agree to fp32 rounding.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
@@ -37,20 +37,6 @@ const std::vector<std::tuple<int, int, int, int>> kCases = {
 kh::Grid random_grid(int d, int n) { return kh::make_grid(d, n, at::randn({n, d})); }
 
 }  // namespace
-
-TEST(HiggsKVRef, MatchesCoreHiggsDequantize) {
-  at::manual_seed(21);
-  for (auto [d, n, g, C] : kCases) {
-    const auto grid = random_grid(d, n);
-    auto x = at::randn({13, C});
-    x[4].zero_();  // zero group scale
-    const auto codes = kh::higgs_quantize(x, grid, g);
-    auto want = kh::higgs_dequantize(codes, grid, at::kFloat);
-    auto got = kk::ref::higgs_dequantize(view_of(codes, grid), at::kFloat);
-    EXPECT_TRUE(at::equal(got, want)) << "d " << d << " n " << n << " g " << g << " C " << C
-                                      << " max diff " << (got - want).abs().max().item<float>();
-  }
-}
 
 TEST(HiggsKVCuda, MatchesCoreHiggsDequantize) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
