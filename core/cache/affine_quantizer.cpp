@@ -35,7 +35,10 @@ AffineBlock affine_quantize(const at::Tensor& x, int bits, int64_t group, GroupA
   blk.N = x.size(2);
   blk.D = x.size(3);
 #ifdef KVX_WITH_CUDA
-  if (x.is_cuda()) return cuda_codec::affine_quantize(x, bits, group, axis, meta_dtype);
+  if (x.is_cuda()) {
+    cuda_codec::affine_quantize(x, meta_dtype, blk);
+    return blk;
+  }
 #endif
   const int64_t B = blk.B, H = blk.H, N = blk.N, D = blk.D;
   const at::Tensor xf = x.detach().to(at::kCPU, at::kFloat).contiguous();

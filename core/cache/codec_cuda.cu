@@ -149,26 +149,19 @@ Geometry geometry_of(const AffineBlock& b) {
 
 }  // namespace
 
-AffineBlock affine_quantize(const at::Tensor& x_in, int bits, int64_t group, GroupAxis axis, at::ScalarType meta_dtype) {
+void affine_quantize(const at::Tensor& x_in, at::ScalarType meta_dtype, AffineBlock& blk) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.detach().contiguous();
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kHalf && x.scalar_type() != at::kBFloat16)
     x = x.to(at::kFloat);
-  AffineBlock blk;
-  blk.bits = bits;
-  blk.group = group;
-  blk.axis = axis;
-  blk.B = x.size(0);
-  blk.H = x.size(1);
-  blk.N = x.size(2);
-  blk.D = x.size(3);
+  const int bits = blk.bits;
   const Geometry g = geometry_of(blk);
   const auto meta_shape = g.token ? std::vector<int64_t>{blk.B, blk.H, blk.N, g.ng} : std::vector<int64_t>{blk.B, blk.H, g.ng, blk.D};
   blk.scale = at::empty(meta_shape, x.options().dtype(meta_dtype));
   blk.shift = at::empty(meta_shape, x.options().dtype(meta_dtype));
   const int64_t n = blk.values(), n_bytes = packed_bytes(n, bits), n_groups = blk.scale.numel();
   blk.codes = at::empty({n_bytes}, x.options().dtype(at::kByte));
-  if (n == 0) return blk;
+  if (n == 0) return;
   const at::Tensor sz = at::empty({2, n_groups}, x.options().dtype(at::kFloat));
   float* s32 = sz.data_ptr<float>();
   float* z32 = s32 + n_groups;
@@ -186,7 +179,6 @@ AffineBlock affine_quantize(const at::Tensor& x_in, int bits, int64_t group, Gro
                                                                    ptr<uint8_t>(blk.codes));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return blk;
 }
 
 at::Tensor affine_dequantize(const AffineBlock& blk, at::ScalarType dtype) {

@@ -10,7 +10,8 @@
 
 namespace kvx::cuda_codec {
 
-AffineBlock affine_quantize(const at::Tensor& x, int bits, int64_t group, GroupAxis axis, at::ScalarType meta_dtype);
+// blk arrives with bits, group, axis and B, H, N, D set; this fills codes, scale and shift.
+void affine_quantize(const at::Tensor& x, at::ScalarType meta_dtype, AffineBlock& blk);
 at::Tensor affine_dequantize(const AffineBlock& blk, at::ScalarType dtype);
 // Needs D a multiple of 32, at most 1024 (one thread per channel); int8_quantize falls back to
 // the CPU code otherwise.
