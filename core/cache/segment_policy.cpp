@@ -27,11 +27,13 @@ struct Side {
   at::Tensor sink, resid;  // full precision, compute dtype
   std::vector<std::unique_ptr<CodedBlock>> body;
   // Working copy of [sink, decoded body, residual, chunk] in the compute dtype: what attention
-  // reads. Each block is decoded once, into its place, when it is new (a RequantizeAll flush
-  // replaces the body, so it is decoded again then); capacity doubles as tokens arrive.
+  // reads. Nothing is evicted, so every token sits at its own position. The sink and residual
+  // hold the chunks' own values, which were written there as chunks, so only the chunk and newly
+  // encoded blocks are written: each block is decoded once, into its place (a RequantizeAll
+  // flush replaces the body, so it is decoded again then). Capacity doubles as tokens arrive.
   at::Tensor view;
-  size_t decoded = 0;     // body blocks [0, decoded) sit decoded in view after the sink
-  int64_t sink_in = 0;    // sink tokens written to view
+  size_t decoded = 0;   // body blocks [0, decoded) sit decoded in view
+  int64_t in_view = 0;  // tokens the view held after the last assemble
 
   int64_t body_tokens() const {
     int64_t n = 0;
@@ -43,28 +45,29 @@ struct Side {
     for (const auto& b : body) parts.push_back(b->decode(dtype));
     return cat_tokens(parts);
   }
-  // [sink, body, resid, x] as view.narrow(2, 0, N), decoding only blocks not decoded before.
+  // [sink, body, resid, x] as view.narrow(2, 0, N).
   at::Tensor assemble(const at::Tensor& x) {
-    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2);
-    int64_t at_tok = S;
-    for (size_t i = 0; i < decoded; ++i) at_tok += body[i]->tokens();
-    const int64_t N = S + body_tokens() + R + n;
+    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2), held = S + body_tokens() + R, N = held + n;
+    const bool rebuild = in_view != held;  // an update with gradients on went around the view
     if (!view.defined() || view.size(2) < N) {
       auto grown = at::empty({x.size(0), x.size(1), std::max<int64_t>(64, 2 * N), x.size(3)}, x.options());
-      if (view.defined() && at_tok > 0) grown.narrow(2, 0, at_tok).copy_(view.narrow(2, 0, at_tok));
+      if (held > 0 && !rebuild) grown.narrow(2, 0, held).copy_(view.narrow(2, 0, held));
       view = grown;
     }
-    if (sink_in < S) {
-      view.narrow(2, 0, S).copy_(sink);
-      sink_in = S;
+    if (rebuild) {
+      decoded = 0;
+      if (S > 0) view.narrow(2, 0, S).copy_(sink);
+      if (R > 0) view.narrow(2, held - R, R).copy_(resid);
     }
-    for (; decoded < body.size(); ++decoded) {
-      const int64_t t = body[decoded]->tokens();
-      view.narrow(2, at_tok, t).copy_(body[decoded]->decode(x.scalar_type()));
+    int64_t at_tok = S;
+    for (size_t i = 0; i < body.size(); ++i) {
+      const int64_t t = body[i]->tokens();
+      if (i >= decoded) view.narrow(2, at_tok, t).copy_(body[i]->decode(x.scalar_type()));
       at_tok += t;
     }
-    if (R > 0) view.narrow(2, at_tok, R).copy_(resid);
-    view.narrow(2, at_tok + R, n).copy_(x);
+    decoded = body.size();
+    view.narrow(2, held, n).copy_(x);
+    in_view = N;
     return view.narrow(2, 0, N);
   }
   void account(const std::string& prefix, SegmentTally& t) const {
