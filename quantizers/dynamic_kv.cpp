@@ -49,26 +49,16 @@ std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
 
 std::string label(const nlohmann::json& m) {
   const auto& p = m["policy"];
-  return fmt::format("dynamic_kv b{} s{} w{}", p["budget"].get<int64_t>(), p["sink_size"].get<int64_t>(),
-                     p["window_size"].get<int64_t>());
+  return head_budget_label(fmt::format("dynamic_kv b{}", p["budget"].get<int64_t>()), m);
 }
 }  // namespace
 
 MethodTraits dynamic_kv_traits() {
-  MethodTraits t;
-  t.name = "dynamic_kv";
-  t.kind = ComponentKind::Policy;
-  t.summary = "DynamicKV: per-layer budgets from the prompt's window attention (global top-k over layers), tokens by "
-              "window attention; simplification: budgets decided once after prompt_len tokens, no periodic re-balance";
-  t.params = {
-      {"budget", ParamType::Int, 128, 1, 1 << 30, {}, "average entries kept per layer and KV head (global budget / L·Hkv)"},
-      {"sink_size", ParamType::Int, 4, 0, 1 << 30, {}, "first positions always kept"},
-      {"window_size", ParamType::Int, 32, 1, 1 << 30, {}, "newest entries always kept"},
-      {"prompt_len", ParamType::Int, 128, 1, 1 << 30, {}, "tokens held in full before budgets are decided"},
-      {"obs_window", ParamType::Int, 32, 1, 1 << 30, {}, "last query rows whose attention scores entries"},
-  };
-  t.bits = "16";
-  t.needs_attention = true;
+  MethodTraits t = head_budget_traits("dynamic_kv",
+      "DynamicKV: per-layer budgets from the prompt's window attention (global top-k over layers), tokens by "
+      "window attention; simplification: budgets decided once after prompt_len tokens, no periodic re-balance",
+      {{"budget", ParamType::Int, 128, 1, 1 << 30, {}, "average entries kept per layer and KV head (global budget / L·Hkv)"}},
+      32);
   t.check = check;
   t.make_policy = make;
   t.label = label;

@@ -1,6 +1,7 @@
 #include "quantizers/head_budget.h"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -251,6 +252,27 @@ HeadBudgetConfig head_budget_config(const std::string& name, const nlohmann::jso
   c.prompt_len = policy.at("prompt_len").get<int64_t>();
   c.obs_window = policy.at("obs_window").get<int64_t>();
   return c;
+}
+
+MethodTraits head_budget_traits(const char* name, const char* summary, std::vector<ParamSpec> own, int64_t window) {
+  MethodTraits t;
+  t.name = name;
+  t.kind = ComponentKind::Policy;
+  t.summary = summary;
+  t.params = std::move(own);
+  t.params.insert(t.params.end(),
+                  {{"sink_size", ParamType::Int, 4, 0, 1 << 30, {}, "first positions every head keeps"},
+                   {"window_size", ParamType::Int, window, 1, 1 << 30, {}, "newest entries every head keeps"},
+                   {"prompt_len", ParamType::Int, 128, 1, 1 << 30, {}, "tokens held in full before the budget rule runs"},
+                   {"obs_window", ParamType::Int, 32, 1, 1 << 30, {}, "last query rows whose attention scores the entries"}});
+  t.bits = "16";
+  t.needs_attention = true;
+  return t;
+}
+
+std::string head_budget_label(const std::string& head, const nlohmann::json& resolved) {
+  const auto& p = resolved["policy"];
+  return fmt::format("{} s{} w{}", head, p["sink_size"].get<int64_t>(), p["window_size"].get<int64_t>());
 }
 
 }  // namespace kvx

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/cache/kv_cache_policy.h"
+#include "quantizers/registry.h"
 
 namespace kvx {
 
@@ -54,5 +55,11 @@ std::unique_ptr<KVCachePolicy> make_head_budget_policy(HeadBudgetConfig c);
 // The fields every head-budget method's schema shares: sink_size, window_size, prompt_len,
 // obs_window of the resolved `policy` component.
 HeadBudgetConfig head_budget_config(const std::string& name, const nlohmann::json& policy);
+// The traits every head-budget method shares: a 16-bit policy fed the attention probabilities,
+// schema = the method's own rows, then sink_size, window_size (default `window`), prompt_len
+// and obs_window. The caller sets check, make_policy and label.
+MethodTraits head_budget_traits(const char* name, const char* summary, std::vector<ParamSpec> own, int64_t window);
+// Table label: "<head> s<sink_size> w<window_size>".
+std::string head_budget_label(const std::string& head, const nlohmann::json& resolved);
 
 }  // namespace kvx

@@ -45,26 +45,16 @@ std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
 
 std::string label(const nlohmann::json& m) {
   const auto& p = m["policy"];
-  return fmt::format("razor r{:g} s{} w{}", p["retrieval_fraction"].get<double>(), p["sink_size"].get<int64_t>(),
-                     p["window_size"].get<int64_t>());
+  return head_budget_label(fmt::format("razor r{:g}", p["retrieval_fraction"].get<double>()), m);
 }
 }  // namespace
 
 MethodTraits razor_traits() {
-  MethodTraits t;
-  t.name = "razor";
-  t.kind = ComponentKind::Policy;
-  t.summary = "RazorAttention: retrieval heads keep all, others sinks+window+1 compensation token (mean of dropped); "
-              "simplification: retrieval heads = largest long-range attention mass on the prompt, not the echo/induction probe";
-  t.params = {
-      {"retrieval_fraction", ParamType::Float, 0.15, 0.0, 1.0, {}, "share of (layer, KV head) pairs kept in full"},
-      {"sink_size", ParamType::Int, 4, 0, 1 << 30, {}, "first positions kept by every head"},
-      {"window_size", ParamType::Int, 64, 1, 1 << 30, {}, "newest entries kept by every head"},
-      {"prompt_len", ParamType::Int, 128, 1, 1 << 30, {}, "tokens observed (kept in full) before heads are chosen"},
-      {"obs_window", ParamType::Int, 32, 1, 1 << 30, {}, "last query rows whose attention scores the heads"},
-  };
-  t.bits = "16";
-  t.needs_attention = true;
+  MethodTraits t = head_budget_traits("razor",
+      "RazorAttention: retrieval heads keep all, others sinks+window+1 compensation token (mean of dropped); "
+      "simplification: retrieval heads = largest long-range attention mass on the prompt, not the echo/induction probe",
+      {{"retrieval_fraction", ParamType::Float, 0.15, 0.0, 1.0, {}, "share of (layer, KV head) pairs kept in full"}},
+      64);
   t.check = check;
   t.make_policy = make;
   t.label = label;

@@ -53,27 +53,17 @@ std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
 
 std::string label(const nlohmann::json& m) {
   const auto& p = m["policy"];
-  return fmt::format("uncomp b{} s{} w{}", p["budget"].get<int64_t>(), p["sink_size"].get<int64_t>(),
-                     p["window_size"].get<int64_t>());
+  return head_budget_label(fmt::format("uncomp b{}", p["budget"].get<int64_t>()), m);
 }
 }  // namespace
 
 MethodTraits uncomp_traits() {
-  MethodTraits t;
-  t.name = "uncomp";
-  t.kind = ComponentKind::Policy;
-  t.summary = "UNComp: per layer/KV-head budgets ∝ exp(matrix entropy of prompt keys), tokens by window attention; "
-              "simplification: proportional budgets (no discrete groups), keys only (no hidden-state compression)";
-  t.params = {
-      {"budget", ParamType::Int, 128, 1, 1 << 30, {}, "mean entries kept per layer and KV head"},
-      {"rank", ParamType::Int, 0, 0, 1 << 30, {}, "eigenvalues kept for the truncated entropy (0 = all)"},
-      {"sink_size", ParamType::Int, 4, 0, 1 << 30, {}, "first positions always kept"},
-      {"window_size", ParamType::Int, 32, 1, 1 << 30, {}, "newest entries always kept"},
-      {"prompt_len", ParamType::Int, 128, 1, 1 << 30, {}, "tokens held in full before budgets are decided"},
-      {"obs_window", ParamType::Int, 32, 1, 1 << 30, {}, "last query rows whose attention scores entries"},
-  };
-  t.bits = "16";
-  t.needs_attention = true;
+  MethodTraits t = head_budget_traits("uncomp",
+      "UNComp: per layer/KV-head budgets ∝ exp(matrix entropy of prompt keys), tokens by window attention; "
+      "simplification: proportional budgets (no discrete groups), keys only (no hidden-state compression)",
+      {{"budget", ParamType::Int, 128, 1, 1 << 30, {}, "mean entries kept per layer and KV head"},
+       {"rank", ParamType::Int, 0, 0, 1 << 30, {}, "eigenvalues kept for the truncated entropy (0 = all)"}},
+      32);
   t.check = check;
   t.make_policy = make;
   t.label = label;
