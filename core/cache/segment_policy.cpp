@@ -22,6 +22,12 @@ at::Tensor cat_tokens(const std::vector<at::Tensor>& parts) {
 
 int64_t ntok(const at::Tensor& t) { return t.defined() ? t.size(2) : 0; }
 
+// [a, b] along tokens in storage of its own: never a view that would pin the caller's chunk (b)
+// in memory. at::cat already copies, so only a lone b is cloned.
+at::Tensor owned_cat(const at::Tensor& a, const at::Tensor& b) {
+  return ntok(a) == 0 ? b.clone(at::MemoryFormat::Contiguous) : at::cat({a, b}, 2);
+}
+
 // One of K or V of one layer.
 struct Side {
   at::Tensor sink, resid;  // full precision, compute dtype
@@ -131,8 +137,8 @@ class SegmentsPolicy final : public KVCachePolicy {
     // Store the chunk: positions < S to the sink, the rest by the flush rule.
     const int64_t n_sink = std::clamp<int64_t>(cfg_.sink - L.len, 0, n);
     if (n_sink > 0) {
-      L.k.sink = cat_tokens({L.k.sink, k_new.narrow(2, 0, n_sink)}).contiguous().clone();
-      L.v.sink = cat_tokens({L.v.sink, v_new.narrow(2, 0, n_sink)}).contiguous().clone();
+      L.k.sink = owned_cat(L.k.sink, k_new.narrow(2, 0, n_sink));
+      L.v.sink = owned_cat(L.v.sink, v_new.narrow(2, 0, n_sink));
     }
     if (n > n_sink) {
       const at::Tensor rk = k_new.narrow(2, n_sink, n - n_sink);
@@ -197,24 +203,24 @@ class SegmentsPolicy final : public KVCachePolicy {
       L.open = false;
       return;
     }
-    L.k.resid = cat_tokens({L.k.resid, rk}).contiguous().clone();
-    L.v.resid = cat_tokens({L.v.resid, rv}).contiguous().clone();
+    L.k.resid = owned_cat(L.k.resid, rk);
+    L.v.resid = owned_cat(L.v.resid, rv);
     L.open = true;
   }
 
   void slide(Layer& L, const at::Tensor& rk, const at::Tensor& rv) {
-    at::Tensor k = cat_tokens({L.k.resid, rk});
-    at::Tensor v = cat_tokens({L.v.resid, rv});
+    at::Tensor k = owned_cat(L.k.resid, rk);
+    at::Tensor v = owned_cat(L.v.resid, rv);
     const int64_t excess = k.size(2) - cfg_.residual_length;
     if (excess > 0) {
       L.k.body.push_back(cfg_.key_codec->encode(k.narrow(2, 0, excess)));
       L.v.body.push_back(cfg_.value_codec->encode(v.narrow(2, 0, excess)));
-      k = k.narrow(2, excess, cfg_.residual_length);
-      v = v.narrow(2, excess, cfg_.residual_length);
+      // clone: the residual must not pin the tokens that left it
+      k = k.narrow(2, excess, cfg_.residual_length).clone(at::MemoryFormat::Contiguous);
+      v = v.narrow(2, excess, cfg_.residual_length).clone(at::MemoryFormat::Contiguous);
     }
-    // clone: the residual must not pin the caller's chunk or the old residual in memory
-    L.k.resid = k.contiguous().clone();
-    L.v.resid = v.contiguous().clone();
+    L.k.resid = k;
+    L.v.resid = v;
   }
 
   SegmentsConfig cfg_;
