@@ -38,22 +38,19 @@ struct Side {
   // encoded blocks are written: each block is decoded once, into its place (a RequantizeAll
   // flush replaces the body, so it is decoded again then). Capacity doubles as tokens arrive.
   at::Tensor view;
-  size_t decoded = 0;   // body blocks [0, decoded) sit decoded in view
-  int64_t in_view = 0;  // tokens the view held after the last assemble
+  size_t decoded = 0;       // body blocks [0, decoded) sit decoded in view ...
+  int64_t decoded_end = 0;  // ... ending at this position
+  int64_t in_view = 0;      // tokens the view held after the last assemble
 
-  int64_t body_tokens() const {
-    int64_t n = 0;
-    for (const auto& b : body) n += b->tokens();
-    return n;
-  }
   at::Tensor decode_body(at::ScalarType dtype) const {
     std::vector<at::Tensor> parts;
     for (const auto& b : body) parts.push_back(b->decode(dtype));
     return cat_tokens(parts);
   }
-  // [sink, body, resid, x] as view.narrow(2, 0, N).
-  at::Tensor assemble(const at::Tensor& x) {
-    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2), held = S + body_tokens() + R, N = held + n;
+  // [sink, body, resid, x] as view.narrow(2, 0, held + n); held = tokens stored before x. Only
+  // blocks past `decoded` are visited (a token-by-token sliding store holds one block per step).
+  at::Tensor assemble(const at::Tensor& x, int64_t held) {
+    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2), N = held + n;
     const bool rebuild = in_view != held;  // an update with gradients on went around the view
     if (!view.defined() || view.size(2) < N) {
       auto grown = at::empty({x.size(0), x.size(1), std::max<int64_t>(64, 2 * N), x.size(3)}, x.options());
@@ -65,13 +62,12 @@ struct Side {
       if (S > 0) view.narrow(2, 0, S).copy_(sink);
       if (R > 0) view.narrow(2, held - R, R).copy_(resid);
     }
-    int64_t at_tok = S;
-    for (size_t i = 0; i < body.size(); ++i) {
-      const int64_t t = body[i]->tokens();
-      if (i >= decoded) view.narrow(2, at_tok, t).copy_(body[i]->decode(x.scalar_type()));
-      at_tok += t;
+    if (decoded == 0) decoded_end = S;
+    for (; decoded < body.size(); ++decoded) {
+      const int64_t t = body[decoded]->tokens();
+      view.narrow(2, decoded_end, t).copy_(body[decoded]->decode(x.scalar_type()));
+      decoded_end += t;
     }
-    decoded = body.size();
     view.narrow(2, held, n).copy_(x);
     in_view = N;
     return view.narrow(2, 0, N);
@@ -125,10 +121,11 @@ class SegmentsPolicy final : public KVCachePolicy {
       out.k = cat_tokens({L.k.sink, deq_k, L.k.resid, k_new});
       out.v = cat_tokens({L.v.sink, deq_v, L.v.resid, v_new});
     } else {
-      out.k = L.k.assemble(k_new);
-      out.v = L.v.assemble(v_new);
-      deq_k = out.k.narrow(2, ntok(L.k.sink), L.k.body_tokens());
-      deq_v = out.v.narrow(2, ntok(L.v.sink), L.v.body_tokens());
+      out.k = L.k.assemble(k_new, L.len);
+      out.v = L.v.assemble(v_new, L.len);
+      // nothing is evicted: the body is everything held between the sink and the residual
+      deq_k = out.k.narrow(2, ntok(L.k.sink), L.len - ntok(L.k.sink) - ntok(L.k.resid));
+      deq_v = out.v.narrow(2, ntok(L.v.sink), L.len - ntok(L.v.sink) - ntok(L.v.resid));
     }
     const int64_t N = out.k.size(2);
     out.key_pos = at::arange(L.len + n - N, L.len + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
