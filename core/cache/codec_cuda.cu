@@ -141,6 +141,13 @@ __global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int8_t* __r
   if (d == 0) scale[row] = s;
 }
 
+// x as the kernels read it: contiguous, in float / half / bfloat16 (other dtypes become float).
+at::Tensor kernel_input(const at::Tensor& x_in) {
+  const at::Tensor x = x_in.detach().contiguous();
+  const auto t = x.scalar_type();
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 ? x : x.to(at::kFloat);
+}
+
 Geometry geometry_of(const AffineBlock& b) {
   const bool token = b.axis == GroupAxis::Token;
   const int64_t G = token ? std::min(b.group, b.D) : b.group;
@@ -151,9 +158,7 @@ Geometry geometry_of(const AffineBlock& b) {
 
 void affine_quantize(const at::Tensor& x_in, at::ScalarType meta_dtype, AffineBlock& blk) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = x_in.detach().contiguous();
-  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kHalf && x.scalar_type() != at::kBFloat16)
-    x = x.to(at::kFloat);
+  const at::Tensor x = kernel_input(x_in);
   const int bits = blk.bits;
   const Geometry g = geometry_of(blk);
   const auto meta_shape = g.token ? std::vector<int64_t>{blk.B, blk.H, blk.N, g.ng} : std::vector<int64_t>{blk.B, blk.H, g.ng, blk.D};
@@ -208,9 +213,7 @@ bool int8_supported(const at::Tensor& x) {
 
 Int8Block int8_quantize(const at::Tensor& x_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = x_in.detach().contiguous();
-  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kHalf && x.scalar_type() != at::kBFloat16)
-    x = x.to(at::kFloat);
+  const at::Tensor x = kernel_input(x_in);
   const int64_t D = x.size(3);
   Int8Block r;
   r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
