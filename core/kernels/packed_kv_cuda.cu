@@ -310,12 +310,19 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 // cores (mma.m16n8k16, fp16 inputs, fp32 accumulation):
 //   scores  S[head, tok] = Qs[head, ch] · X[ch, tok]  (A = query pre-scaled by the per-channel key
 //           scale, rows = the NREP <= 8 heads of one KV head; B = raw key codes)
-//   output  Oᵀ[ch, head] += V[ch, tok] · Pᵀ[tok, head]  (A = dequantized values, B = probabilities
-//           straight from the score fragments, the flash-attention register reuse)
-// Codes become fp16 without conversions: (word & mask) | 0x6400 is 1024 + code·2^(b·k) exactly for the
-// k-th code of a byte. Keys subtract 1024 (exact) and the query side carries scale·2^-(b·k); Σ q·min is
-// one per-group constant. Values are exact codes (one HFMA2) then code·scale + min (one HFMA2), since
-// their scale changes per token.
+//   output  Oᵀ[ch, head] += V[ch, tok] · Pᵀ[tok, head]  (B = probabilities straight from the score
+//           fragments, the flash-attention register reuse)
+// A code becomes fp16 with one LOP3 and no conversion: (word & mask) | magic(n) puts code k of a byte
+// (bits n = b·k up) in the mantissa under the exponent that makes it read as 2^(10-n) + code exactly.
+// The decode is instruction-bound, so every per-element operation after that LOP3 leaves the token loop:
+//   keys    the query side carries the per-channel scale (qs = q·s, fp16); the biases come out with
+//           the per-group constant Σ_c q_c·min_c - Σ_c qs_c·2^(10-n_c) (the same fp16 qs, so they
+//           cancel exactly), from 16 mma against constant fragments when a key group starts.
+//   values  one group per token (gv = 128, FOLD): the token's scale multiplies the probabilities
+//           instead (B'' = P·s), and per 16 tokens one mma sums B'' (times each row's bias,
+//           subtracted at the end) and one sums P·min (added at the end). With several groups per
+//           token the scale changes along the mma rows, so values keep two more HFMA2-class
+//           operations: exact code, then code·scale + min.
 constexpr int kFastWarps = 4;
 constexpr int kFastTile = 32;
 
@@ -330,10 +337,20 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// fp16 number c of 16 words (as float).
-__device__ __forceinline__ float half_at(const uint32_t (&w)[16], int c) {
-  const uint32_t x = w[c >> 1];
-  return __half2float(__ushort_as_half((unsigned short)((c & 1) ? (x >> 16) : (x & 0xffffu))));
+// (x & mask) | magic in one LOP3: the magic is a register operand (LOP3 takes one immediate, and
+// `(x & imm) | imm` compiles to two).
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t magic) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(x), "n"(MASK), "r"(magic));
+  return r;
+}
+
+// Transpose of an 8x8 fp16 matrix held one row pair per lane (lane 4r + c holds row r, columns 2c, 2c + 1).
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+  uint32_t r;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+  return r;
 }
 
 template <int N>
@@ -368,24 +385,41 @@ struct KeyPair {
   __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
 };
 
+// fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
+__host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
+__host__ __device__ constexpr uint32_t neg_bias2(int n) { return uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u; }
+
+// 2^(10-n) + code for the two codes of key pair P (n = B·code(P)).
 template <int B, int P>
 __device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
   using KP = KeyPair<B>;
   constexpr uint32_t mask = ((1u << B) - 1) << (B * KP::code(P));
   const uint32_t s = KP::src(P) ? (w[KP::word(P)] >> 8) : w[KP::word(P)];
-  // 1024 + code·2^(b·k), minus 1024: the exact code·2^(b·k) (keeps the fp32 sums free of a bias)
-  return h2u(__hadd2(u2h((s & (mask | (mask << 16))) | 0x64006400u), u2h(0xE400E400u)));
+  return and_or<mask | (mask << 16)>(s, code_magic2(B * KP::code(P)));
 }
 
-// Exact dequantized value pair of code k of byte-pair word y (two tokens): code·scale + min.
+// half2 (h[lo], h[hi]) of an array of fp16 pairs.
+template <int LO, int HI>
+__device__ __forceinline__ uint32_t half_pair(const uint32_t (&w)[16]) {
+  constexpr uint32_t sel = (2 * (LO & 1)) | ((2 * (LO & 1) + 1) << 4) | ((4 + 2 * (HI & 1)) << 8) | ((5 + 2 * (HI & 1)) << 12);
+  return __byte_perm(w[LO / 2], w[HI / 2], sel);
+}
+
+// Code k of each byte-pair half of y as 2^(10-n) + code (n = B·k), exactly.
+template <int B, int K>
+__device__ __forceinline__ uint32_t value_code(uint32_t y) {
+  constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
+  return and_or<mask | (mask << 16)>(y, code_magic2(B * K));
+}
+template <int B>
+__host__ __device__ constexpr float value_bias(int k) {
+  return float(1 << (10 - B * k));
+}
+
+// Dequantized value pair code·scale + min (several value groups per token).
 template <int B, int K>
 __device__ __forceinline__ uint32_t value_pair(uint32_t y, __half2 s2, __half2 m2) {
-  constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
-  constexpr int n = B * K;
-  constexpr uint32_t mult = uint32_t((15 - n) << 10) * 0x10001u;            // 2^-n
-  constexpr uint32_t neg = uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u;   // -1024·2^-n
-  const uint32_t x = (y & (mask | (mask << 16))) | 0x64006400u;
-  const __half2 c = __hfma2(u2h(x), u2h(mult), u2h(neg));
+  const __half2 c = __hadd2(u2h(value_code<B, K>(y)), u2h(neg_bias2(B * K)));
   return h2u(__hfma2(c, s2, m2));
 }
 
@@ -406,7 +440,12 @@ struct PackedParams {
   const __half* vm;
   int64_t vs_bh;
   int gv;
-  int T;
+  int T;                 // multiple of kFastTile
+  const void* kr;        // full-precision tail [B, Hkv, R, kD] fp16 or bf16 (R = 0: none)
+  const void* vr;
+  int64_t kr_bh, vr_bh;
+  int R;
+  bool r_bf16;
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
   int n_splits_total;
   float scale_log2;
@@ -415,54 +454,98 @@ struct PackedParams {
   float* part_l;
 };
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem));
+// A full-precision tail row (fp16 or bf16) as N fp16-pair words: channels ch0.. of token `tok`, zeros
+// past the tail's end (their probabilities are 0, and 0·garbage could be NaN).
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+  return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+__device__ __forceinline__ void tail_row(const PackedParams& p, const void* base, int64_t bh_off, int tok, int ch0,
+                                         uint32_t (&w)[N]) {
+  if (tok >= p.R) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = 0u;
+    return;
+  }
+  ldg_words(reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(base) + bh_off + int64_t(tok) * kD + ch0), w);
+  if (p.r_bf16)
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = bf16x2_to_f16x2(w[i]);
 }
 
-// Bytes of one pipeline stage of one warp: the tile's key codes, value codes, value scales and
-// mins (<= 8 groups per token), and the key scales and mins of the tile's group.
-template <int BK, int BV>
-__host__ __device__ constexpr int stage_bytes() {
-  return 512 * BK + 512 * BV + 512 + 512 + 256 + 256;
+// Online softmax over a tile's scores Sᵀ (log2 domain): s[bb][e] is token 16bb + g (e < 2) or
+// 16bb + 8 + g (e >= 2), head 2t + (e & 1); the 8 lanes with the same t hold a head's 32 tokens.
+// Every tile holds valid tokens, so the running max is finite after the first tile and
+// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block).
+template <bool FOLD>
+__device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t (&pb)[4], float (&m_run)[2],
+                                               float (&l_run)[2], float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
+  float m_new[2], corr[2], lsum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float tmax = fmaxf(fmaxf(s[0][h], s[0][h + 2]), fmaxf(s[1][h], s[1][h + 2]));
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, o));
+    m_new[h] = fmaxf(m_run[h], tmax);
+    corr[h] = exp2f(m_run[h] - m_new[h]);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int bb = i / 2, e = 2 * (i % 2);
+    const __half2 h = __floats2half2_rn(exp2f(s[bb][e] - m_new[0]), exp2f(s[bb][e + 1] - m_new[1]));
+    lsum[0] += __low2float(h);  // normalize by what the products use
+    lsum[1] += __high2float(h);
+    pb[i] = transpose8x8(h2u(h));
+  }
+  const bool grew = m_new[0] > m_run[0] || m_new[1] > m_run[1];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] = l_run[h] * corr[h] + lsum[h];
+    m_run[h] = m_new[h];
+  }
+  // Late in a long context the max rarely moves: skip the rescale when no head's max did.
+  if (__any_sync(kFull, grew)) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] *= corr[e & 1];
+    if constexpr (FOLD)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        bacc[h] *= corr[h];
+        macc[h] *= corr[h];
+      }
+  }
 }
-constexpr int kRedBytes = kFastWarps * 8 * kD * 4;  // cross-warp merge buffer (aliases the stages)
 
-template <int BK, int BV, int STAGES>
-constexpr int packed_smem_bytes() {
-  return STAGES > 0 ? std::max(kRedBytes, kFastWarps * STAGES * stage_bytes<BK, BV>()) : kRedBytes;
-}
+constexpr uint32_t kOnex2 = 0x3C003C00u;
 
-// STAGES = 0: each lane loads its tile data straight into registers. STAGES > 0: the warp copies
-// whole tiles (contiguous rows) into shared memory with cp.async, STAGES - 1 tiles ahead.
-template <int BK, int BV, int STAGES>
-__global__ void __launch_bounds__(kFastWarps * 32) packed_attention_kernel(const PackedParams p) {
+// FOLD: one value group per token (gv = 128).
+template <int BK, int BV, bool FOLD>
+__global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(const PackedParams p) {
   constexpr int KW = BK;        // words of one lane's 32-channel key chunk
   constexpr int KROW = 4 * BK;  // words per key row
   constexpr int VW = BV / 2;    // words of one lane's 16-channel value chunk
   constexpr int VROW = 4 * BV;
   constexpr int VCPB = 8 / BV;  // value codes per byte
-  constexpr int SB = stage_bytes<BK, BV>();
-  constexpr int OFF_V = 512 * BK, OFF_VS = OFF_V + 512 * BV, OFF_VM = OFF_VS + 512, OFF_KS = OFF_VM + 512,
-                OFF_KM = OFF_KS + 256;
-  extern __shared__ __align__(16) unsigned char dyn_smem[];
-  // q_s[h][t][c] = q[h][32t + c]: lane (g, t) reads q_s[g][t][c] for the same c in all lanes; the
-  // row pitch 33 puts the 32 lanes on 32 different banks (a [8][128] array was a 32-way conflict).
-  __shared__ float q_s[8][4][33];
+  using KP = KeyPair<BK>;
+  // Query B fragments of lane (g, t), pair pp: half2(q[g][32t + lo], q[g][32t + hi]).
+  __shared__ __align__(16) uint32_t qf_s[32][16];
   __shared__ float red_m[kFastWarps][8], red_l[kFastWarps][8];
-  float(*red_o)[8][kD] = reinterpret_cast<float(*)[8][kD]>(dyn_smem);  // used after the token loop
+  __shared__ float red_o[kFastWarps][8][kD];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  for (int i = threadIdx.x; i < 8 * kD; i += blockDim.x) {
-    const int h = i / kD;
-    q_s[h][(i % kD) / 32][i % 32] = h < nrep ? load_q(p.q, p.q_type, p.q_bs, b, (int64_t(hkv) * nrep + h) * kD + i % kD) : 0.f;
+  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
+    const int ln = i / 16, pp = i % 16, gg = ln >> 2, tt = ln & 3;
+    float qa = 0.f, qb = 0.f;
+    if (gg < nrep) {
+      const int64_t row = (int64_t(hkv) * nrep + gg) * kD + 32 * tt;
+      qa = load_q(p.q, p.q_type, p.q_bs, b, row + KP::lo(pp));
+      qb = load_q(p.q, p.q_type, p.q_bs, b, row + KP::hi(pp));
+    }
+    qf_s[ln][pp] = h2u(__floats2half2_rn(qa, qb));
   }
   __syncthreads();
 
@@ -470,174 +553,111 @@ __global__ void __launch_bounds__(kFastWarps * 32) packed_attention_kernel(const
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
   const int we = min(p.T, wb + tpw);
   const int vgroups = kD / p.gv, vgi = (16 * g) / p.gv;
-  const uint32_t* kslab = p.k + bh * p.k_bh;  // [T, KROW]
-  const uint32_t* vslab = p.v + bh * p.v_bh;  // [T, VROW]
-  const __half* vs_slab = p.vs + bh * p.vs_bh;
-  const __half* vm_slab = p.vm + bh * p.vs_bh;
-  const __half* ks_slab = p.ks + bh * p.ks_bh;
-  const __half* km_slab = p.km + bh * p.ks_bh;
-  unsigned char* wsm = dyn_smem + warp * (STAGES > 0 ? STAGES : 1) * SB;
+  const __half* ks_slab = p.ks + bh * p.ks_bh + 32 * t;
+  const __half* km_slab = p.km + bh * p.ks_bh + 32 * t;
+  // Per-lane row pointers, advanced a tile at a time: the tile's rows sit at constant offsets.
+  const uint32_t* kp = p.k + bh * p.k_bh + int64_t(wb + g) * KROW + t * KW;
+  const uint32_t* vp = p.v + bh * p.v_bh + int64_t(wb + 2 * t) * VROW + g * VW;
+  const __half* vsp = p.vs + bh * p.vs_bh + int64_t(wb + 2 * t) * vgroups + vgi;
+  const __half* vmp = p.vm + bh * p.vs_bh + int64_t(wb + 2 * t) * vgroups + vgi;
 
-  // Whole tile (32 rows; T is a multiple of 32) into stage `st`: 16-byte chunks spread over lanes.
-  auto issue = [&](int st, int t0) {
-    unsigned char* d = wsm + st * SB;
-    const unsigned char* ksrc = reinterpret_cast<const unsigned char*>(kslab + int64_t(t0) * KROW);
-    const unsigned char* vsrc = reinterpret_cast<const unsigned char*>(vslab + int64_t(t0) * VROW);
-#pragma unroll
-    for (int j = 0; j < BK; ++j) cp_async16(d + 16 * (lane + 32 * j), ksrc + 16 * (lane + 32 * j));
-#pragma unroll
-    for (int j = 0; j < BV; ++j) cp_async16(d + OFF_V + 16 * (lane + 32 * j), vsrc + 16 * (lane + 32 * j));
-    if (lane < 4 * vgroups) {  // 32 tokens x vgroups fp16 = 64·vgroups bytes each
-      cp_async16(d + OFF_VS + 16 * lane, reinterpret_cast<const unsigned char*>(vs_slab + int64_t(t0) * vgroups) + 16 * lane);
-      cp_async16(d + OFF_VM + 16 * lane, reinterpret_cast<const unsigned char*>(vm_slab + int64_t(t0) * vgroups) + 16 * lane);
-    }
-    const int64_t grp = t0 / p.gk;
-    const __half* kss = lane < 16 ? ks_slab + grp * kD + 8 * lane : km_slab + grp * kD + 8 * (lane - 16);
-    cp_async16(d + OFF_KS + 16 * lane, kss);  // KS then KM: 2 x 256 bytes
-  };
-
-  float m_run = -INFINITY, l_run = 0.f;
-  float acc[8][4];
+  // this lane's heads are 2t and 2t + 1 (the columns of every accumulator it holds)
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[8][4], bacc[4] = {0.f, 0.f, 0.f, 0.f}, macc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-  uint32_t ka[8][2];
-#pragma unroll
-  for (int s = 0; s < 8; ++s) ka[s][0] = ka[s][1] = 0u;
-  float cr = 0.f;
+  uint32_t ka[8][2];          // B fragments of q·s, k-step S
+  float crs[2] = {0.f, 0.f};  // per-group score constant of each head, times scale_log2
   int cur_group = -1;
 
-  const int ntiles = we > wb ? (we - wb + kFastTile - 1) / kFastTile : 0;
-  if constexpr (STAGES > 0) {
-#pragma unroll
-    for (int i = 0; i < STAGES - 1; ++i) {
-      if (i < ntiles) issue(i, wb + kFastTile * i);
-      cp_async_commit();
-    }
-  }
-
-  for (int it = 0; it < ntiles; ++it) {
-    const int t0 = wb + kFastTile * it;
+  for (int t0 = wb; t0 < we; t0 += kFastTile) {
     uint32_t kw[4][KW];
     uint32_t vw[2][4][VW];
-    __half vsc[2][4], vmn[2][4];
-    uint32_t sv[16], mv[16];  // key scales / mins of the lane's 32 channels (fp16 pairs)
-    const int grp = t0 / p.gk;  // a tile never straddles a group (gk % 32 == 0)
-    const bool new_group = grp != cur_group;
-    if constexpr (STAGES > 0) {
-      __syncwarp();  // every lane is done with the stage about to be refilled
-      const int nt = it + STAGES - 1;
-      if (nt < ntiles) issue(nt % STAGES, wb + kFastTile * nt);
-      cp_async_commit();
-      cp_async_wait<STAGES - 1>();
-      __syncwarp();
-      const unsigned char* d = wsm + (it % STAGES) * SB;
 #pragma unroll
-      for (int blk = 0; blk < 4; ++blk)
+    for (int blk = 0; blk < 4; ++blk) ldg_words(kp + blk * 8 * KROW, kw[blk]);
 #pragma unroll
-        for (int w = 0; w < KW; ++w)
-          kw[blk][w] = reinterpret_cast<const uint32_t*>(d)[(blk * 8 + g) * KROW + t * KW + w];
+    for (int v = 0; v < 2; ++v)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) ldg_words(vp + (16 * v + (i & 1) + (i >> 1) * 8) * VROW, vw[v][i]);
+    // value scales and mins of tokens (2t, 2t+1) and (2t+8, 2t+9) of each 16-token step
+    uint32_t vs2[2][2], vm2[2][2];
+    if constexpr (FOLD) {
 #pragma unroll
       for (int v = 0; v < 2; ++v)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = 16 * v + 2 * t + (i & 1) + (i >> 1) * 8;
-#pragma unroll
-          for (int w = 0; w < VW; ++w) vw[v][i][w] = reinterpret_cast<const uint32_t*>(d + OFF_V)[row * VROW + g * VW + w];
-          vsc[v][i] = reinterpret_cast<const __half*>(d + OFF_VS)[row * vgroups + vgi];
-          vmn[v][i] = reinterpret_cast<const __half*>(d + OFF_VM)[row * vgroups + vgi];
-        }
-      if (new_group)
-#pragma unroll
-        for (int w = 0; w < 16; ++w) {
-          sv[w] = reinterpret_cast<const uint32_t*>(d + OFF_KS)[16 * t + w];
-          mv[w] = reinterpret_cast<const uint32_t*>(d + OFF_KM)[16 * t + w];
+        for (int h = 0; h < 2; ++h) {
+          vs2[v][h] = __ldg(reinterpret_cast<const uint32_t*>(vsp + 16 * v + 8 * h));
+          vm2[v][h] = __ldg(reinterpret_cast<const uint32_t*>(vmp + 16 * v + 8 * h));
         }
     } else {
 #pragma unroll
-      for (int blk = 0; blk < 4; ++blk) ldg_words(kslab + (t0 + blk * 8 + g) * KROW + t * KW, kw[blk]);
-#pragma unroll
       for (int v = 0; v < 2; ++v)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int tok = t0 + 16 * v + 2 * t + (i & 1) + (i >> 1) * 8;
-          ldg_words(vslab + tok * VROW + g * VW, vw[v][i]);
-          vsc[v][i] = vs_slab[tok * vgroups + vgi];
-          vmn[v][i] = vm_slab[tok * vgroups + vgi];
+        for (int h = 0; h < 2; ++h) {
+          const int o0 = (16 * v + 8 * h) * vgroups, o1 = o0 + vgroups;
+          vs2[v][h] = h2u(__halves2half2(vsp[o0], vsp[o1]));
+          vm2[v][h] = h2u(__halves2half2(vmp[o0], vmp[o1]));
         }
-      if (new_group) {
-        ldg_words(reinterpret_cast<const uint32_t*>(ks_slab + int64_t(grp) * kD + 32 * t), sv);
-        ldg_words(reinterpret_cast<const uint32_t*>(km_slab + int64_t(grp) * kD + 32 * t), mv);
-      }
     }
-    // ---- per-channel key statistics of a new group -> query fragments (q·s·2^-(b·k)) and Σ q·min
-    if (new_group) {
+    kp += kFastTile * KROW;
+    vp += kFastTile * VROW;
+    vsp += kFastTile * vgroups;
+    vmp += kFastTile * vgroups;
+
+    // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
+    const int grp = t0 / p.gk;  // a tile never straddles a group (gk % 32 == 0)
+    if (grp != cur_group) {
       cur_group = grp;
-      const float* qrow = q_s[g][t];
-      float part = 0.f;
+      uint32_t sv[16], mv[16], qf[16];
+      ldg_words(reinterpret_cast<const uint32_t*>(ks_slab + int64_t(grp) * kD), sv);
+      ldg_words(reinterpret_cast<const uint32_t*>(km_slab + int64_t(grp) * kD), mv);
 #pragma unroll
-      for (int pp = 0; pp < 16; ++pp) {
-        using KP = KeyPair<BK>;
-        const int lo = KP::lo(pp), hi = KP::hi(pp);
-        const float mult = 1.f / float(1 << (BK * KP::code(pp)));
-        const float qa = qrow[lo], qb = qrow[hi];
-        ka[pp / 2][pp % 2] = h2u(__floats2half2_rn(qa * half_at(sv, lo) * mult, qb * half_at(sv, hi) * mult));
-        part = fmaf(qa, half_at(mv, lo), fmaf(qb, half_at(mv, hi), part));
-      }
-      part += __shfl_xor_sync(kFull, part, 1);
-      part += __shfl_xor_sync(kFull, part, 2);
-      cr = part;
-    }
-    // ---- scores: lane holds head g, tokens blk·8 + 2t + {0, 1}
-    float s[4][2];
-#pragma unroll
-    for (int blk = 0; blk < 4; ++blk) {
+      for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
+      // A rows all equal (D[*, head] = the constant): -2^(10-n) against q·s, then min against q
       float d[4] = {0.f, 0.f, 0.f, 0.f};
-#define KVX_KSTEP(S) \
-  mma16816(d, ka[S][0], 0u, ka[S][1], 0u, key_pair<BK, 2 * S>(kw[blk]), key_pair<BK, 2 * S + 1>(kw[blk]));
+#define KVX_GROUP_STEP(S)                                                                                \
+  {                                                                                                      \
+    constexpr uint32_t nb0 = neg_bias2(BK * KP::code(2 * S)), nb1 = neg_bias2(BK * KP::code(2 * S + 1)); \
+    ka[S][0] = h2u(__hmul2(u2h(qf[2 * S]), u2h(half_pair<KP::lo(2 * S), KP::hi(2 * S)>(sv))));           \
+    ka[S][1] = h2u(__hmul2(u2h(qf[2 * S + 1]), u2h(half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(sv)))); \
+    mma16816(d, nb0, nb0, nb1, nb1, ka[S][0], ka[S][1]);                                                 \
+    const uint32_t m0 = half_pair<KP::lo(2 * S), KP::hi(2 * S)>(mv);                                     \
+    const uint32_t m1 = half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(mv);                             \
+    mma16816(d, m0, m0, m1, m1, qf[2 * S], qf[2 * S + 1]);                                               \
+  }
+      KVX_GROUP_STEP(0) KVX_GROUP_STEP(1) KVX_GROUP_STEP(2) KVX_GROUP_STEP(3)
+      KVX_GROUP_STEP(4) KVX_GROUP_STEP(5) KVX_GROUP_STEP(6) KVX_GROUP_STEP(7)
+#undef KVX_GROUP_STEP
+      crs[0] = d[0] * p.scale_log2;
+      crs[1] = d[1] * p.scale_log2;
+    }
+    // ---- scores Sᵀ[tok, head], 16 tokens per mma (A = key codes, B = q·s)
+    float s[2][4];
+#pragma unroll
+    for (int bb = 0; bb < 2; ++bb) {
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+#define KVX_KSTEP(S)                                                                                    \
+  mma16816(d, key_pair<BK, 2 * S>(kw[2 * bb]), key_pair<BK, 2 * S>(kw[2 * bb + 1]),                     \
+           key_pair<BK, 2 * S + 1>(kw[2 * bb]), key_pair<BK, 2 * S + 1>(kw[2 * bb + 1]), ka[S][0], ka[S][1]);
       KVX_KSTEP(0) KVX_KSTEP(1) KVX_KSTEP(2) KVX_KSTEP(3) KVX_KSTEP(4) KVX_KSTEP(5) KVX_KSTEP(6) KVX_KSTEP(7)
 #undef KVX_KSTEP
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tok = t0 + blk * 8 + 2 * t + e;
-        s[blk][e] = (tok < we && g < nrep) ? (d[e] + cr) * p.scale_log2 : -INFINITY;
-      }
+      for (int e = 0; e < 4; ++e) s[bb][e] = fmaf(d[e], p.scale_log2, crs[e & 1]);
     }
-    // ---- online softmax (per head g; the 4 lanes of a head agree on the max)
-    float tmax = s[0][0];
-#pragma unroll
-    for (int blk = 0; blk < 4; ++blk) tmax = fmaxf(tmax, fmaxf(s[blk][0], s[blk][1]));
-    tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 1));
-    tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 2));
-    const float m_new = fmaxf(m_run, tmax);
-    const bool none = m_new == -INFINITY;
-    const float corr = none ? 1.f : exp2f(m_run - m_new);
-    m_run = m_new;
     uint32_t pb[4];
-    float lsum = 0.f;
-#pragma unroll
-    for (int blk = 0; blk < 4; ++blk) {
-      const float p0 = none ? 0.f : exp2f(s[blk][0] - m_new), p1 = none ? 0.f : exp2f(s[blk][1] - m_new);
-      const __half2 h = __floats2half2_rn(p0, p1);
-      pb[blk] = h2u(h);
-      lsum += __low2float(h) + __high2float(h);  // normalize by what the products use
-    }
-    l_run = l_run * corr + lsum;
-    // the output fragment holds heads 2t, 2t+1
-    const float corr_a = __shfl_sync(kFull, corr, 8 * t), corr_b = __shfl_sync(kFull, corr, 8 * t + 4);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      acc[j][0] *= corr_a;
-      acc[j][1] *= corr_b;
-      acc[j][2] *= corr_a;
-      acc[j][3] *= corr_b;
-    }
+    online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
     // ---- values: Oᵀ[16g + jj, head] over the 16 tokens of step v
 #pragma unroll
     for (int v = 0; v < 2; ++v) {
-      const __half2 s01 = __halves2half2(vsc[v][0], vsc[v][1]), m01 = __halves2half2(vmn[v][0], vmn[v][1]);
-      const __half2 s89 = __halves2half2(vsc[v][2], vsc[v][3]), m89 = __halves2half2(vmn[v][2], vmn[v][3]);
+      uint32_t b0 = pb[2 * v], b1 = pb[2 * v + 1];
+      if constexpr (FOLD) {
+        b0 = h2u(__hmul2(u2h(b0), u2h(vs2[v][0])));
+        b1 = h2u(__hmul2(u2h(b1), u2h(vs2[v][1])));
+        mma16816(bacc, kOnex2, 0u, kOnex2, 0u, b0, b1);
+        mma16816(macc, vm2[v][0], 0u, vm2[v][1], 0u, pb[2 * v], pb[2 * v + 1]);
+      }
       uint32_t x01[16], x89[16];
 #pragma unroll
       for (int wi = 0; wi < VW; ++wi)
@@ -647,33 +667,92 @@ __global__ void __launch_bounds__(kFastWarps * 32) packed_attention_kernel(const
           const uint32_t y01 = __byte_perm(vw[v][0][wi], vw[v][1][wi], sel);
           const uint32_t y89 = __byte_perm(vw[v][2][wi], vw[v][3][wi], sel);
           const int jb = wi * (32 / BV) + be * VCPB;
-          x01[jb] = value_pair<BV, 0>(y01, s01, m01);
-          x89[jb] = value_pair<BV, 0>(y89, s89, m89);
-          if constexpr (VCPB > 1) {
-            x01[jb + 1] = value_pair<BV, 1>(y01, s01, m01);
-            x89[jb + 1] = value_pair<BV, 1>(y89, s89, m89);
-          }
-          if constexpr (VCPB > 2) {
-            x01[jb + 2] = value_pair<BV, 2>(y01, s01, m01);
-            x89[jb + 2] = value_pair<BV, 2>(y89, s89, m89);
-            x01[jb + 3] = value_pair<BV, 3>(y01, s01, m01);
-            x89[jb + 3] = value_pair<BV, 3>(y89, s89, m89);
-          }
+#define KVX_VCODE(K)                                                           \
+  if constexpr (FOLD) {                                                        \
+    x01[jb + K] = value_code<BV, K>(y01);                                      \
+    x89[jb + K] = value_code<BV, K>(y89);                                      \
+  } else {                                                                     \
+    x01[jb + K] = value_pair<BV, K>(y01, u2h(vs2[v][0]), u2h(vm2[v][0]));     \
+    x89[jb + K] = value_pair<BV, K>(y89, u2h(vs2[v][1]), u2h(vm2[v][1]));     \
+  }
+          KVX_VCODE(0)
+          if constexpr (VCPB > 1) { KVX_VCODE(1) }
+          if constexpr (VCPB > 2) { KVX_VCODE(2) KVX_VCODE(3) }
+#undef KVX_VCODE
         }
 #pragma unroll
-      for (int j = 0; j < 8; ++j) mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], pb[2 * v], pb[2 * v + 1]);
+      for (int j = 0; j < 8; ++j) mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], b0, b1);
     }
   }
-  if constexpr (STAGES > 0) cp_async_wait<0>();
-
-  l_run += __shfl_xor_sync(kFull, l_run, 1);
-  l_run += __shfl_xor_sync(kFull, l_run, 2);
-  __syncthreads();  // the stages become the merge buffer
-  if (t == 0 && g < nrep) {
-    red_m[warp][g] = m_run;
-    red_l[warp][g] = l_run;
+  // FOLD: row r holds Σ (bias_r + code)·P·s; take out bias_r·Σ P·s and add Σ P·min.
+  if constexpr (FOLD) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float bias = value_bias<BV>((2 * j + e) % VCPB);
+        acc[j][2 * e] += macc[0] - bias * bacc[0];
+        acc[j][2 * e + 1] += macc[1] - bias * bacc[1];
+      }
   }
+
+  // ---- the full-precision tail (KVQ's residual) in the same launch: the last split's warps take its
+  // 32-token tiles, in fp16 on the tensor cores against q as is (bf16 rows convert exactly).
+  if (p.R > 0 && blockIdx.x == gridDim.x - 1) {
+    uint32_t qf[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
+    const int64_t kr_off = bh * p.kr_bh, vr_off = bh * p.vr_bh;
+    for (int r0 = warp * kFastTile; r0 < p.R; r0 += kFastWarps * kFastTile) {
+      float s[2][4];
+#pragma unroll
+      for (int bb = 0; bb < 2; ++bb) {
+        uint32_t k0[16], k1[16];  // tokens r0 + 16bb + g and + 8, channels 32t..32t+31
+        tail_row(p, p.kr, kr_off, r0 + 16 * bb + g, 32 * t, k0);
+        tail_row(p, p.kr, kr_off, r0 + 16 * bb + 8 + g, 32 * t, k1);
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+#define KVX_RSTEP(S)                                                                                      \
+  mma16816(d, half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k0), half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k1),   \
+           half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k0), half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k1), \
+           qf[2 * S], qf[2 * S + 1]);
+        KVX_RSTEP(0) KVX_RSTEP(1) KVX_RSTEP(2) KVX_RSTEP(3) KVX_RSTEP(4) KVX_RSTEP(5) KVX_RSTEP(6) KVX_RSTEP(7)
+#undef KVX_RSTEP
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < p.R ? d[e] * p.scale_log2 : -INFINITY;
+      }
+      uint32_t pb[4];
+      online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        uint32_t w[4][8];  // tokens r0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tail_row(p, p.vr, vr_off, r0 + 16 * v + 2 * t + (i & 1) + 8 * (i >> 1), 16 * g, w[i]);
+        uint32_t x01[16], x89[16];  // channel 16g + p of the two tokens
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          x01[2 * i] = __byte_perm(w[0][i], w[1][i], 0x5410);
+          x01[2 * i + 1] = __byte_perm(w[0][i], w[1][i], 0x7632);
+          x89[2 * i] = __byte_perm(w[2][i], w[3][i], 0x5410);
+          x89[2 * i + 1] = __byte_perm(w[2][i], w[3][i], 0x7632);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], pb[2 * v], pb[2 * v + 1]);
+      }
+    }
+  }
+
   const int h0 = 2 * t, h1 = 2 * t + 1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) l_run[h] += __shfl_xor_sync(kFull, l_run[h], o);
+    if (g == 0 && h0 + h < nrep) {
+      red_m[warp][h0 + h] = m_run[h];
+      red_l[warp][h0 + h] = l_run[h];
+    }
+  }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const int c = 16 * g + 2 * j;
@@ -707,53 +786,37 @@ __global__ void __launch_bounds__(kFastWarps * 32) packed_attention_kernel(const
   }
 }
 
-// Resident blocks per SM of one instantiation (sets its dynamic shared memory limit first).
-template <int BK, int BV, int STAGES>
+// Resident blocks per SM of one instantiation.
+template <int BK, int BV, bool FOLD>
 int packed_blocks_per_sm() {
   static int n = [] {
-    constexpr int smem = packed_smem_bytes<BK, BV, STAGES>();
-    C10_CUDA_CHECK(cudaFuncSetAttribute(packed_attention_kernel<BK, BV, STAGES>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     int r = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, packed_attention_kernel<BK, BV, STAGES>,
-                                                                 kFastWarps * 32, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, packed_attention_kernel<BK, BV, FOLD>,
+                                                                 kFastWarps * 32, 0));
     return std::max(1, r);
   }();
   return n;
 }
 
-// KVX_PACKED_PIPE=1 selects the cp.async-pipelined variant where one is compiled (2/2, 2/4, 4/2, 4/4).
-// Default off: on H100 (llama3-8b, B8, 32K) the register-load variant measured 168 vs 177 µs at 4/4
-// (the pipelined one needs 174 registers: 2 blocks per SM instead of 3) and 159 vs 157 µs at 2/2.
-bool packed_pipe() {
-  static bool v = [] {
-    const char* e = std::getenv("KVX_PACKED_PIPE");
-    return e && std::atoi(e) != 0;
-  }();
-  return v;
-}
-
-template <int K, int V, int S>
+template <int K, int V, bool F>
 int launch_packed_as(bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
-  const int n = packed_blocks_per_sm<K, V, S>();
-  if (launch)
-    packed_attention_kernel<K, V, S><<<grid, kFastWarps * 32, packed_smem_bytes<K, V, S>(), st>>>(p);
+  const int n = packed_blocks_per_sm<K, V, F>();
+  if (launch) packed_attention_kernel<K, V, F><<<grid, kFastWarps * 32, 0, st>>>(p);
   return n;
 }
 
-// Dispatch over key/value bits: with launch = false only reports the resident blocks per SM.
-int launch_packed(int bk, int bv, bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
-  const bool pipe = packed_pipe();
+// Dispatch over key/value bits and the value grouping: with launch = false only reports the resident
+// blocks per SM.
+int launch_packed(int bk, int bv, bool fold, bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
   switch (bk * 10 + bv) {
-#define KVX_BITS(K, V, S) \
-  case K * 10 + V: return (S > 0 && pipe) ? launch_packed_as<K, V, S>(launch, grid, p, st) : launch_packed_as<K, V, 0>(launch, grid, p, st);
-    KVX_BITS(2, 2, 3) KVX_BITS(2, 4, 3) KVX_BITS(2, 8, 0) KVX_BITS(4, 2, 3) KVX_BITS(4, 4, 3) KVX_BITS(4, 8, 0)
-    KVX_BITS(8, 2, 0) KVX_BITS(8, 4, 0) KVX_BITS(8, 8, 0)
+#define KVX_BITS(K, V) \
+  case K * 10 + V: return fold ? launch_packed_as<K, V, true>(launch, grid, p, st) : launch_packed_as<K, V, false>(launch, grid, p, st);
+    KVX_BITS(2, 2) KVX_BITS(2, 4) KVX_BITS(2, 8) KVX_BITS(4, 2) KVX_BITS(4, 4) KVX_BITS(4, 8)
+    KVX_BITS(8, 2) KVX_BITS(8, 4) KVX_BITS(8, 8)
 #undef KVX_BITS
     default: throw error("fused decode attention: key/value bits {}/{} not supported", bk, bv);
   }
 }
-
 // Splits of the packed context: about one full wave of resident blocks, >= 2 tiles per warp.
 int choose_packed_tokens_per_split(int64_t T, int64_t bh_blocks, int blocks_per_sm) {
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -882,6 +945,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   base.scale_log2 = float(scale * 1.4426950408889634);
 
   int n_q = 0, n_r = 0, tps_q = 0, tps_r = 0;
+  const bool fold = Tq > 0 && v->group == kD;  // one value group per token
   if (Tq > 0) {
     if (k->group % kFastTile != 0 || !k->per_channel || v->per_channel || v->group % 16 != 0)
       throw error("fused decode attention: needs per-channel keys with group % 32 == 0 and per-token values");
@@ -889,12 +953,20 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     if (k->codes.size(1) != Hkv || v->codes.size(2) != Tq || k->codes.size(3) != kD * k->bits / 32 ||
         v->codes.size(3) != kD * v->bits / 32)
       throw error("fused decode attention: packed keys/values do not match [B, Hkv, T, D·bits/32]");
-    tps_q = choose_packed_tokens_per_split(Tq, B * Hkv, launch_packed(k->bits, v->bits, false, dim3(), {}, st));
+    if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
+    tps_q = choose_packed_tokens_per_split(Tq, B * Hkv, launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
     n_q = int((Tq + tps_q - 1) / tps_q);
   }
   if (R > 0) {
     check_dense(k_fp, "full-precision keys");
     check_dense(v_fp, "full-precision values");
+    if (k_fp.scalar_type() != v_fp.scalar_type() || (k_fp.scalar_type() != at::kHalf && k_fp.scalar_type() != at::kBFloat16))
+      throw error("fused decode attention: full-precision tail must be float16 or bfloat16");
+  }
+  // Beside packed tokens the tail joins the packed launch (a launch of its own cost more than the
+  // tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64).
+  const bool tail_in_packed = n_q > 0 && R > 0;
+  if (R > 0 && !tail_in_packed) {
     tps_r = choose_tokens_per_split(R, B * Hkv);
     n_r = int((R + tps_r - 1) / tps_r);
   }
@@ -931,13 +1003,21 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.vs_bh = Tq * vsc.size(3);
     p.gv = v->group;
     p.T = int(Tq);
+    if (tail_in_packed) {
+      p.kr = k_fp.data_ptr();
+      p.vr = v_fp.data_ptr();
+      p.kr_bh = k_fp.stride(1);
+      p.vr_bh = v_fp.stride(1);
+      p.R = int(R);
+      p.r_bf16 = k_fp.scalar_type() == at::kBFloat16;
+    }
     p.tokens_per_split = tps_q;
     p.n_splits_total = total;
     p.scale_log2 = base.scale_log2;
     p.part_o = base.part_o;
     p.part_m = base.part_m;
     p.part_l = base.part_l;
-    launch_packed(k->bits, v->bits, true, dim3(n_q, Hkv, B), p, st);
+    launch_packed(k->bits, v->bits, fold, true, dim3(n_q, Hkv, B), p, st);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n_r > 0) {
