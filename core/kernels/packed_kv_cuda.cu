@@ -696,14 +696,15 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
       }
   }
 
-  // ---- the full-precision tail (KVQ's residual) in the same launch: the last split's warps take its
-  // 32-token tiles, in fp16 on the tensor cores against q as is (bf16 rows convert exactly).
-  if (p.R > 0 && blockIdx.x == gridDim.x - 1) {
+  // ---- the full-precision tail (KVQ's residual) in the same launch: the last warp of the last split
+  // (whose packed range the host shortened to make room) takes its 32-token tiles, in fp16 on the
+  // tensor cores against q as is (bf16 rows convert exactly).
+  if (p.R > 0 && blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
     uint32_t qf[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
     const int64_t kr_off = bh * p.kr_bh, vr_off = bh * p.vr_bh;
-    for (int r0 = warp * kFastTile; r0 < p.R; r0 += kFastWarps * kFastTile) {
+    for (int r0 = 0; r0 < p.R; r0 += kFastTile) {
       float s[2][4];
 #pragma unroll
       for (int bb = 0; bb < 2; ++bb) {
@@ -817,6 +818,8 @@ int launch_packed(int bk, int bv, bool fold, bool launch, dim3 grid, const Packe
     default: throw error("fused decode attention: key/value bits {}/{} not supported", bk, bv);
   }
 }
+constexpr int64_t kTailCost = 4;
+
 // Splits of the packed context: about one full wave of resident blocks, >= 2 tiles per warp.
 int choose_packed_tokens_per_split(int64_t T, int64_t bh_blocks, int blocks_per_sm) {
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -954,7 +957,10 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
         v->codes.size(3) != kD * v->bits / 32)
       throw error("fused decode attention: packed keys/values do not match [B, Hkv, T, D·bits/32]");
     if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
-    tps_q = choose_packed_tokens_per_split(Tq, B * Hkv, launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
+    // The splits leave room for the tail at the end of the last one (see the kernel): a tail token
+    // costs about kTailCost packed ones (4x the bytes at 4 bits, unconverted fp16 fragments).
+    const int64_t tail_cost = R > 0 ? kTailCost * R : 0;
+    tps_q = choose_packed_tokens_per_split(Tq + tail_cost, B * Hkv, launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
     n_q = int((Tq + tps_q - 1) / tps_q);
   }
   if (R > 0) {
@@ -964,7 +970,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
       throw error("fused decode attention: full-precision tail must be float16 or bfloat16");
   }
   // Beside packed tokens the tail joins the packed launch (a launch of its own cost more than the
-  // tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64).
+  // tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64; in the last split's warps 6).
   const bool tail_in_packed = n_q > 0 && R > 0;
   if (R > 0 && !tail_in_packed) {
     tps_r = choose_tokens_per_split(R, B * Hkv);
