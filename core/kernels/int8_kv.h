@@ -1,9 +1,8 @@
 // Kernels over the selective-int8 cache layout (ALGORITHMS.md 6.3, policy quantizers/selective_int8):
 // per layer and (batch, KV head)
 //     [ sinks: fp16/bf16 | body: int8 absmax per token + fp32 scale | recent window: fp16/bf16 ]
-// fused decode attention that reads the int8 codes, dequantizes in registers and
-// covers sinks, body and window in one split-K launch (each split lies in one segment) followed by
-// the log-sum-exp merge of packed_kv.h's kernels.
+// fused decode attention that reads the int8 codes and covers sinks, body and window in one
+// split-K launch on the tensor cores, followed by the log-sum-exp merge of packed_kv.h's kernels.
 //
 // The body is core/cache/int8_absmax.h's Int8Block (codes int8 [B, H, N, D], scale fp32
 // [B, H, N]), so a policy's storage is handed over without copies; quantize-on-append is that
@@ -29,7 +28,7 @@ struct SelectiveInt8Cache {
 
 // One decode step for every query head: q [B, Hq, D], Hq a multiple of Hkv (GQA: query head h
 // uses KV head h / (Hq/Hkv)); attends over sinks, body and window. Returns [B, Hq, D] fp32.
-// On CUDA this is the fused kernel (D = 128, GQA ratio 1, 2, 3, 4, 7 or 8); on CPU the
+// On CUDA this is the fused kernel (D = 128, GQA ratio <= 8); on CPU the
 // reference (dequantize, then attend). The path taken is packed_kv.h's decode_attention_path.
 at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
 

@@ -1,20 +1,13 @@
 // CUDA kernels of int8_kv.h. The CPU reference (int8_kv_ref.cpp) defines the numbers; the tests in
 // tests/kernels compare the two per GQA ratio, odd length and sink/window size.
 //
-// Decode attention: one launch whose blocks each own one split of one segment (sinks, int8 body or
-// window), so the fp16 segments cost no extra launch and the body needs no dequantized copy; the
-// splits are merged by combine_kernel (log-sum-exp). Per block: 4 warps stream 32-token tiles; in
-// the score phase a lane owns one token (one 128-byte int8 row, scale applied once to the dot
-// product), in the value phase a lane owns 8 channels of every other token of the tile (8-byte
-// int8 / 16-byte fp16 loads; the two token slots are summed at the end). An int8 key tile
-// (4 KiB, contiguous in memory) is first staged in shared memory with coalesced 16-byte loads:
-// lanes reading their own rows straight from global memory touch 32 lines per load instruction
-// (H100, llama3-8b B8 32K: 566 µs before staging, 394 µs after).
-//
-// Measured on H100 (kernel_bench, CUDA graphs): llama3-8b (GQA 4) 32K: B8 394 µs = 1.18x SDPA
-// (1409 GB/s), B1 71 µs = 1.3x; llama2-7b (MHA) B8 8K: 275 µs = 1.45x SDPA (2025 GB/s). At GQA 4
-// both phases are FP32-FMA bound (NREP·128 FMAs per token each); moving them onto the tensor cores
-// as packed_kv_cuda.cu does is the next step.
+// Decode attention on the tensor cores (decode_mma.cuh): the int8 body is split over the blocks;
+// sinks and window (fp16/bf16) run on the last split's last warp, whose body share the split sizes
+// shorten to make room; combine_kernel merges the splits (log-sum-exp). A signed code becomes fp16
+// with one LOP3: (byte ^ 0x80) under the exponent byte 0x64 reads as 1152 + code exactly. The bias
+// leaves the token loop: keys, Σ_c q_c·1152 per head (an mma against a constant, once); values, the
+// per-token scale multiplies the probabilities (B'' = P·s) and one mma per 16 tokens sums B'' for
+// the 1152·Σ B'' taken out at the end. The per-token key scale multiplies the score.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,244 +15,192 @@
 #include <cmath>
 
 #include "core/common/error.h"
-#include "core/kernels/decode_common.cuh"
+#include "core/kernels/decode_mma.cuh"
 #include "core/kernels/int8_kv.h"
 
 namespace kvx::kernels::cuda {
 namespace {
 
-constexpr int kD = 128;    // head_dim of the fused attention kernel
-constexpr int kWarps = 4;  // warps per block
-constexpr int kTile = 32;  // tokens per warp tile
-constexpr int kCh = 8;     // value channels per lane
-constexpr int kLpt = kD / kCh;   // lanes per token in the value phase
-constexpr int kTpi = 32 / kLpt;  // tokens per value pass
-constexpr int kRow16 = kD / 16;  // 16-byte chunks per int8 row
+constexpr uint32_t kS8Magic = 0x64806480u;   // exponent byte 0x64 over a byte whose sign bit flips
+constexpr uint32_t kNeg1152x2 = 0xE480E480u;
+constexpr float kS8Bias = 1152.f;
+constexpr int64_t kTailCost = 4;  // packed-token equivalents of a full-precision token
 
-// Byte K of a word of signed int8 codes as an exact float without I2F (a quarter-rate unit): wx = word ^ 0x80808080 makes the byte b + 128; one byte permute builds
-// the float 2^23 + b + 128, one add removes the offset.
-template <int K>
-__device__ __forceinline__ float s8_to_f(uint32_t wx) {
-  return __int_as_float(int(__byte_perm(wx, 0x00004B00u, 0x5440u | K))) - 8388736.f;
+// Bytes 0 and 2 of y (signed codes) as the fp16 pair 1152 + code: LOP3 (y & 0x00ff00ff) ^ (magic
+// in the masked bits) | (magic elsewhere), one instruction with the magic in a register.
+__device__ __forceinline__ uint32_t s8_pair(uint32_t y) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;\n" : "=r"(r) : "r"(y), "n"(0x00FF00FF), "r"(kS8Magic));
+  return r;
 }
 
-// ---------------------------------------------------------------- fused decode attention
-struct Segment {
-  const void* k;      // int8 codes or dense rows (TD)
-  const void* v;
-  const float* ks;    // int8 only: per-token scales [B·Hkv, T]
-  const float* vs;
-  int64_t k_bh, v_bh; // elements between consecutive (b, h) of k / v
-  int T;
-  int tokens_per_split;
-  int split0;         // first blockIdx.x of this segment
-  int is_int8;
-};
-
-struct Int8AttnParams {
+struct Int8MmaParams {
   const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q)
   int64_t q_bs;
   int q_type;
-  int Hq, Hkv;
-  Segment seg[3];
-  int n_seg;
+  int Hq, Hkv, nrep;
+  const uint32_t* k;  // body codes int8 [B, Hkv, N, kD] (as words)
+  const uint32_t* v;
+  const float* ks;    // per-token scales [B, Hkv, N]
+  const float* vs;
+  int N;
+  DenseSeg tail[2];   // sinks, window (R = 0: absent)
+  int tokens_per_split;  // multiple of kFastWarps·kFastTile
   int n_splits_total;
-  float scale_log2;  // softmax scale · log2(e)
-  float* part_o;     // [B, Hq, n_splits_total, kD]
-  float* part_m;     // [B, Hq, n_splits_total]
+  float scale_log2;
+  float* part_o;
+  float* part_m;
   float* part_l;
 };
 
-template <int NREP, typename TD>
-__global__ void __launch_bounds__(kWarps * 32) int8_attention_kernel(const Int8AttnParams p) {
-  __shared__ __align__(16) float q_s[NREP][kD];
-  __shared__ float p_s[kWarps][NREP][kTile];
-  __shared__ float red_m[kWarps][NREP], red_l[kWarps][NREP];
-  __shared__ float red_o[kWarps][NREP][kD];
-  // one padding chunk per row: lanes reading rows l and l+1 fall in different banks
-  __shared__ int4 k_tile[kWarps][kTile][kRow16 + 1];
+__global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8MmaParams p) {
+  constexpr int KROW = 32, VROW = 32;  // words per int8 row
+  using KP = KeyPair<8>;
+  __shared__ __align__(16) uint32_t qf_s[32][16];  // as in packed_attention_kernel
+  __shared__ SplitMerge merge;
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int hkv = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  // constant indices only: a dynamic index would copy the parameter block to local memory
-  const int split = blockIdx.x;
-  const Segment sg = (p.n_seg > 2 && split >= p.seg[2].split0) ? p.seg[2]
-                     : (p.n_seg > 1 && split >= p.seg[1].split0) ? p.seg[1] : p.seg[0];
-  const int t_begin = (split - sg.split0) * sg.tokens_per_split;
-  const int t_end = min(sg.T, t_begin + sg.tokens_per_split);
-
-  for (int i = threadIdx.x; i < NREP * kD; i += blockDim.x)
-    q_s[i / kD][i % kD] = load_q(p.q, p.q_type, p.q_bs, b, int64_t(hkv * NREP + i / kD) * kD + i % kD);
-  __syncthreads();
-
-  const int slot = lane / kLpt, c0 = (lane % kLpt) * kCh;
-  float m[NREP], l[NREP], acc[NREP][kCh];
-#pragma unroll
-  for (int h = 0; h < NREP; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.f;
-#pragma unroll
-    for (int c = 0; c < kCh; ++c) acc[h][c] = 0.f;
-  }
-
-  for (int t0 = t_begin + warp * kTile; t0 < t_end; t0 += kWarps * kTile) {
-    // ---- scores: lane = token
-    const int t = t0 + lane;
-    float s[NREP];
-#pragma unroll
-    for (int h = 0; h < NREP; ++h) s[h] = 0.f;
-    if (sg.is_int8) {
-      const int4* tile = reinterpret_cast<const int4*>(static_cast<const int8_t*>(sg.k) + bh * sg.k_bh + int64_t(t0) * kD);
-#pragma unroll
-      for (int i = 0; i < kRow16; ++i) {
-        const int idx = i * 32 + lane, tok = idx / kRow16;
-        if (t0 + tok < t_end) k_tile[warp][tok][idx % kRow16] = tile[idx];
-      }
-      __syncwarp();
+  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
+    const int ln = i / 16, pp = i % 16, gg = ln >> 2, tt = ln & 3;
+    float qa = 0.f, qb = 0.f;
+    if (gg < nrep) {
+      const int64_t row = (int64_t(hkv) * nrep + gg) * kD + 32 * tt;
+      qa = load_q(p.q, p.q_type, p.q_bs, b, row + KP::lo(pp));
+      qb = load_q(p.q, p.q_type, p.q_bs, b, row + KP::hi(pp));
     }
-    if (t < t_end) {
-      if (sg.is_int8) {
-#pragma unroll
-        for (int w = 0; w < kRow16; ++w) {
-          const int4 raw = k_tile[warp][lane][w];
-          const uint32_t words[4] = {uint32_t(raw.x) ^ 0x80808080u, uint32_t(raw.y) ^ 0x80808080u,
-                                     uint32_t(raw.z) ^ 0x80808080u, uint32_t(raw.w) ^ 0x80808080u};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const float x[4] = {s8_to_f<0>(words[j]), s8_to_f<1>(words[j]), s8_to_f<2>(words[j]), s8_to_f<3>(words[j])};
-#pragma unroll
-            for (int h = 0; h < NREP; ++h) {
-              const float4 qv = *reinterpret_cast<const float4*>(&q_s[h][w * 16 + j * 4]);
-              s[h] += qv.x * x[0] + qv.y * x[1] + qv.z * x[2] + qv.w * x[3];
-            }
-          }
-        }
-        const float ksc = sg.ks[bh * sg.T + t];  // one per token: applied to the dot product
-#pragma unroll
-        for (int h = 0; h < NREP; ++h) s[h] *= ksc;
-      } else {
-        const uint4* row = reinterpret_cast<const uint4*>(static_cast<const TD*>(sg.k) + bh * sg.k_bh + int64_t(t) * kD);
-        constexpr int kPer = 16 / int(sizeof(TD));
-#pragma unroll
-        for (int w = 0; w < kD / kPer; ++w) {
-          const uint4 raw = row[w];
-          const TD* vals = reinterpret_cast<const TD*>(&raw);
-#pragma unroll
-          for (int j = 0; j < kPer; ++j) {
-            const float x = to_f(vals[j]);
-#pragma unroll
-            for (int h = 0; h < NREP; ++h) s[h] += q_s[h][w * kPer + j] * x;
-          }
-        }
-      }
-    }
-    // ---- online softmax over the tile
-#pragma unroll
-    for (int h = 0; h < NREP; ++h) {
-      const float sh = t < t_end ? s[h] * p.scale_log2 : -INFINITY;
-      const float m_new = fmaxf(m[h], warp_max(sh));
-      const float pr = m_new == -INFINITY ? 0.f : exp2f(sh - m_new);
-      const float corr = m_new == -INFINITY ? 1.f : exp2f(m[h] - m_new);
-      l[h] = l[h] * corr + warp_sum(pr);
-      m[h] = m_new;
-#pragma unroll
-      for (int c = 0; c < kCh; ++c) acc[h][c] *= corr;
-      p_s[warp][h][lane] = pr;
-    }
-    __syncwarp();
-    // ---- values: lane = kCh channels of one token slot (coalesced rows)
-#pragma unroll 4
-    for (int it = 0; it < kTile / kTpi; ++it) {
-      const int tl = it * kTpi + slot;
-      const int64_t tv = t0 + tl;
-      if (tv >= t_end) continue;
-      float x[kCh];
-      float row_scale = 1.f;  // int8: the token's scale goes on its probabilities (NREP products, not kCh)
-      if (sg.is_int8) {
-        const int2 raw = *reinterpret_cast<const int2*>(static_cast<const int8_t*>(sg.v) + bh * sg.v_bh + tv * kD + c0);
-        const uint32_t w0 = uint32_t(raw.x) ^ 0x80808080u, w1 = uint32_t(raw.y) ^ 0x80808080u;
-        row_scale = sg.vs[bh * sg.T + tv];
-        x[0] = s8_to_f<0>(w0);
-        x[1] = s8_to_f<1>(w0);
-        x[2] = s8_to_f<2>(w0);
-        x[3] = s8_to_f<3>(w0);
-        x[4] = s8_to_f<0>(w1);
-        x[5] = s8_to_f<1>(w1);
-        x[6] = s8_to_f<2>(w1);
-        x[7] = s8_to_f<3>(w1);
-      } else {
-        const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const TD*>(sg.v) + bh * sg.v_bh + tv * kD + c0);
-        const TD* vals = reinterpret_cast<const TD*>(&raw);
-#pragma unroll
-        for (int c = 0; c < kCh; ++c) x[c] = to_f(vals[c]);
-      }
-#pragma unroll
-      for (int h = 0; h < NREP; ++h) {
-        const float pr = p_s[warp][h][tl] * row_scale;
-#pragma unroll
-        for (int c = 0; c < kCh; ++c) acc[h][c] += pr * x[c];
-      }
-    }
-    __syncwarp();
-  }
-
-  // ---- token slots of one channel chunk -> lanes < kLpt; then merge the block's warps
-#pragma unroll
-  for (int o = kLpt; o < 32; o <<= 1)
-#pragma unroll
-    for (int h = 0; h < NREP; ++h)
-#pragma unroll
-      for (int c = 0; c < kCh; ++c) acc[h][c] += __shfl_xor_sync(kFullMask, acc[h][c], o);
-#pragma unroll
-  for (int h = 0; h < NREP; ++h) {
-    if (lane == 0) {
-      red_m[warp][h] = m[h];
-      red_l[warp][h] = l[h];
-    }
-    if (lane < kLpt)
-#pragma unroll
-      for (int c = 0; c < kCh; ++c) red_o[warp][h][c0 + c] = acc[h][c];
+    qf_s[ln][pp] = h2u(__floats2half2_rn(qa, qb));
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < NREP * kD; i += blockDim.x) {
-    const int h = i / kD, d = i % kD;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red_m[w][h]);
-    float L = 0.f, O = 0.f;
-    if (M != -INFINITY)
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(red_m[w][h] - M);
-        L += red_l[w][h] * f;
-        O += red_o[w][h][d] * f;
+  uint32_t qf[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
+  // -1152·Σ_c q_c per head (columns 2t, 2t + 1), with the fp16 q the scores use
+  float cq[2];
+  {
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int S = 0; S < 8; ++S) mma16816(d, kNeg1152x2, kNeg1152x2, kNeg1152x2, kNeg1152x2, qf[2 * S], qf[2 * S + 1]);
+    cq[0] = d[0];
+    cq[1] = d[1];
+  }
+
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[8][4], bacc[4] = {0.f, 0.f, 0.f, 0.f}, macc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+
+  const int tpw = p.tokens_per_split / kFastWarps;
+  const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
+  const int we = min(p.N, wb + tpw);
+  const int last = p.N - 1;  // rows past the body's end read its last row (masked, finite)
+  const uint32_t* kslab = p.k + bh * int64_t(p.N) * KROW;
+  const uint32_t* vslab = p.v + bh * int64_t(p.N) * VROW;
+  const float* ksl = p.ks + bh * p.N;
+  const float* vsl = p.vs + bh * p.N;
+
+  for (int t0 = wb; t0 < we; t0 += kFastTile) {
+    uint32_t kw[4][8];  // token t0 + 8blk + g, channels 32t..32t+31
+    float ksc[2][2];    // key scale of tokens t0 + 16bb + g + 8e
+#pragma unroll
+    for (int blk = 0; blk < 4; ++blk) {
+      const int tok = min(t0 + 8 * blk + g, last);
+      ldg_words(kslab + int64_t(tok) * KROW + 8 * t, kw[blk]);
+      ksc[blk / 2][blk % 2] = __ldg(ksl + tok) * p.scale_log2;
+    }
+    uint32_t vw[2][4][4];  // tokens t0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
+    uint32_t vs2[2][2];    // their scales as fp16 pairs
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        ldg_words(vslab + int64_t(min(t0 + 16 * v + 2 * t + (i & 1) + 8 * (i >> 1), last)) * VROW + 4 * g, vw[v][i]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int tok = t0 + 16 * v + 8 * h + 2 * t;
+        vs2[v][h] = h2u(__floats2half2_rn(__ldg(vsl + min(tok, last)), __ldg(vsl + min(tok + 1, last))));
       }
-    const int64_t slot = (int64_t(b) * p.Hq + hkv * NREP + h) * p.n_splits_total + split;
-    p.part_o[slot * kD + d] = O;
-    if (d == 0) {
-      p.part_m[slot] = M;
-      p.part_l[slot] = L;
+    }
+    // ---- scores: (Σ q·(1152 + x) - 1152·Σ q)·key scale
+    float s[2][4];
+#pragma unroll
+    for (int bb = 0; bb < 2; ++bb) {
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+#define KVX_KSTEP(S)                                                                                  \
+  {                                                                                                   \
+    const uint32_t w0 = kw[2 * bb][KP::word(2 * S)], w1 = kw[2 * bb + 1][KP::word(2 * S)];           \
+    const uint32_t x0 = KP::src(2 * S) ? w0 >> 8 : w0, x1 = KP::src(2 * S) ? w1 >> 8 : w1;             \
+    const uint32_t y0 = kw[2 * bb][KP::word(2 * S + 1)], y1 = kw[2 * bb + 1][KP::word(2 * S + 1)];    \
+    const uint32_t z0 = KP::src(2 * S + 1) ? y0 >> 8 : y0, z1 = KP::src(2 * S + 1) ? y1 >> 8 : y1;     \
+    mma16816(d, s8_pair(x0), s8_pair(x1), s8_pair(z0), s8_pair(z1), qf[2 * S], qf[2 * S + 1]);       \
+  }
+      KVX_KSTEP(0) KVX_KSTEP(1) KVX_KSTEP(2) KVX_KSTEP(3) KVX_KSTEP(4) KVX_KSTEP(5) KVX_KSTEP(6) KVX_KSTEP(7)
+#undef KVX_KSTEP
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[bb][e] = (d[e] + cq[e & 1]) * ksc[bb][e >> 1];
+    }
+    if (t0 + kFastTile > we)  // the body's last tile
+#pragma unroll
+      for (int bb = 0; bb < 2; ++bb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (t0 + 16 * bb + g + 8 * (e >> 1) >= we) s[bb][e] = -INFINITY;
+    uint32_t pb[4];
+    online_softmax<true>(s, pb, m_run, l_run, acc, bacc, macc);
+    // ---- values: A = 1152 + code, B = P·scale; Σ B'' for the bias
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      const uint32_t b0 = h2u(__hmul2(u2h(pb[2 * v]), u2h(vs2[v][0])));
+      const uint32_t b1 = h2u(__hmul2(u2h(pb[2 * v + 1]), u2h(vs2[v][1])));
+      mma16816(bacc, kOnex2, 0u, kOnex2, 0u, b0, b1);
+      uint32_t x01[16], x89[16];  // channel 16g + 4wi + be of the token pairs
+#pragma unroll
+      for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+        for (int be = 0; be < 4; ++be) {
+          const uint32_t sel = uint32_t(be | (be << 4) | ((4 + be) << 8) | ((4 + be) << 12));
+          x01[4 * wi + be] = s8_pair(__byte_perm(vw[v][0][wi], vw[v][1][wi], sel));
+          x89[4 * wi + be] = s8_pair(__byte_perm(vw[v][2][wi], vw[v][3][wi], sel));
+        }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], b0, b1);
     }
   }
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] -= kS8Bias * bacc[e & 1];
+
+  if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1)
+#pragma unroll
+    for (int sgi = 0; sgi < 2; ++sgi)
+      for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
+        attend_dense_tile<8, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, l_run, acc, bacc, macc);
+  store_split(merge, m_run, l_run, acc, nrep, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
 }
 
-template <typename TD>
-void launch_nrep(int nrep, dim3 grid, const Int8AttnParams& p, cudaStream_t st) {
-  switch (nrep) {
-#define KVX_NREP(N) \
-  case N: int8_attention_kernel<N, TD><<<grid, kWarps * 32, 0, st>>>(p); break;
-    KVX_NREP(1) KVX_NREP(2) KVX_NREP(3) KVX_NREP(4) KVX_NREP(7) KVX_NREP(8)
-#undef KVX_NREP
-    default: throw error("int8 decode attention: GQA ratio {} is not compiled (1, 2, 3, 4, 7, 8)", nrep);
-  }
+int int8_blocks_per_sm() {
+  static int n = [] {
+    int r = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, int8_mma_kernel, kFastWarps * 32, 0));
+    return std::max(1, r);
+  }();
+  return n;
 }
 
-// About four blocks per SM over all (b, h), >= one tile per warp per split.
-int tokens_per_split(int64_t T, int64_t bh_blocks) {
+// Body tokens per split: about one full wave of resident blocks, >= 2 tiles per warp, with room
+// for the tail (`extra` body-token equivalents) at the end of the last split.
+int tokens_per_split(int64_t N, int64_t extra, int64_t bh_blocks) {
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = std::max<int64_t>(1, (4 * sms + bh_blocks - 1) / bh_blocks);
+  constexpr int64_t unit = kFastWarps * kFastTile;
+  const int64_t T = N + extra;
+  int64_t want = std::max<int64_t>(1, int64_t(sms) * int8_blocks_per_sm() / bh_blocks);
+  want = std::max<int64_t>(1, std::min<int64_t>(want, T / (2 * unit)));
   int64_t tps = (T + want - 1) / want;
-  tps = std::max<int64_t>(kWarps * kTile, (tps + kTile - 1) / kTile * kTile);
-  return int(tps);
+  return int((tps + unit - 1) / unit * unit);
 }
 
 // [B, Hkv, T, kD] with contiguous 16-byte-aligned rows (a narrowed token range of a larger buffer
@@ -283,7 +224,7 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   if (tokens(*any) == 0) throw error("int8 decode attention: empty cache");
   const int64_t Hkv = any->size(1);
   if (Hq % Hkv != 0) throw error("int8 decode attention: {} query heads do not group over {} KV heads", Hq, Hkv);
-  const int nrep = int(Hq / Hkv);
+  if (Hq / Hkv > 8) throw error("int8 decode attention: GQA ratio {} > 8 is not supported", Hq / Hkv);
 
   at::Tensor qc = q;
   if (q.stride(2) != 1 || q.stride(1) != kD) qc = q.contiguous();
@@ -292,19 +233,19 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   else if (qc.scalar_type() == at::kBFloat16) q_type = 2;
   else if (qc.scalar_type() != at::kFloat) qc = qc.to(at::kFloat).contiguous();
 
-  Int8AttnParams p{};
+  Int8MmaParams p{};
   p.q = qc.data_ptr();
   p.q_bs = qc.stride(0);
   p.q_type = q_type;
   p.Hq = int(Hq);
   p.Hkv = int(Hkv);
+  p.nrep = int(Hq / Hkv);
   p.scale_log2 = float(scale * 1.4426950408889634);
 
   std::vector<at::Tensor> keep;  // tensors whose pointers the launch uses
   at::ScalarType dense_type = at::kHalf;
   bool dense_seen = false;
-  int splits = 0;
-  auto add_dense = [&](const at::Tensor& k, const at::Tensor& v, const char* what) {
+  auto add_dense = [&](DenseSeg& s, const at::Tensor& k, const at::Tensor& v, const char* what) {
     if (tokens(k) == 0) return;
     auto kr = rows_of(k, B, Hkv, what), vr = rows_of(v, B, Hkv, what);
     if (kr.scalar_type() != vr.scalar_type() || (dense_seen && kr.scalar_type() != dense_type) ||
@@ -312,41 +253,31 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
       throw error("int8 decode attention: sinks and window must be float16 or bfloat16, one dtype, K and V alike");
     dense_type = kr.scalar_type();
     dense_seen = true;
-    Segment& s = p.seg[p.n_seg++];
-    s.k = kr.data_ptr();
-    s.v = vr.data_ptr();
-    s.k_bh = kr.stride(1);
-    s.v_bh = vr.stride(1);
-    s.T = int(kr.size(2));
+    s = {kr.data_ptr(), vr.data_ptr(), kr.stride(1), vr.stride(1), int(kr.size(2)), dense_type == at::kBFloat16};
     keep.push_back(kr);
     keep.push_back(vr);
   };
-  add_dense(c.k_sink, c.v_sink, "sink keys/values");
-  if (c.k_body.tokens() > 0) {
-    const int64_t N = c.k_body.tokens();
+  add_dense(p.tail[0], c.k_sink, c.v_sink, "sink keys/values");
+  add_dense(p.tail[1], c.k_win, c.v_win, "window keys/values");
+  const int64_t N = c.k_body.tokens();
+  if (N > 0) {
     const auto kc = c.k_body.codes.contiguous(), vc = c.v_body.codes.contiguous();
     const auto ks = c.k_body.scale.contiguous(), vs = c.v_body.scale.contiguous();
     if (kc.dim() != 4 || kc.size(0) != B || kc.size(1) != Hkv || kc.size(3) != kD || !vc.sizes().equals(kc.sizes()) ||
         kc.scalar_type() != at::kChar || vc.scalar_type() != at::kChar || ks.scalar_type() != at::kFloat ||
         vs.scalar_type() != at::kFloat || ks.numel() != B * Hkv * N || vs.numel() != B * Hkv * N)
       throw error("int8 decode attention: body must be int8 codes [B, Hkv, N, {}] with fp32 scales [B, Hkv, N]", kD);
-    Segment& s = p.seg[p.n_seg++];
-    s.k = kc.data_ptr();
-    s.v = vc.data_ptr();
-    s.ks = ks.data_ptr<float>();
-    s.vs = vs.data_ptr<float>();
-    s.k_bh = s.v_bh = N * kD;
-    s.T = int(N);
-    s.is_int8 = 1;
+    p.k = reinterpret_cast<const uint32_t*>(kc.data_ptr());
+    p.v = reinterpret_cast<const uint32_t*>(vc.data_ptr());
+    p.ks = ks.data_ptr<float>();
+    p.vs = vs.data_ptr<float>();
+    p.N = int(N);
     keep.insert(keep.end(), {kc, vc, ks, vs});
   }
-  add_dense(c.k_win, c.v_win, "window keys/values");
-  for (int i = 0; i < p.n_seg; ++i) {
-    Segment& s = p.seg[i];
-    s.tokens_per_split = tokens_per_split(s.T, B * Hkv);
-    s.split0 = splits;
-    splits += (s.T + s.tokens_per_split - 1) / s.tokens_per_split;
-  }
+  // no body: one split, whose last warp takes sinks and window
+  const int64_t tail = p.tail[0].R + p.tail[1].R;
+  p.tokens_per_split = N > 0 ? tokens_per_split(N, kTailCost * tail, B * Hkv) : kFastWarps * kFastTile;
+  const int splits = N > 0 ? int((N + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
   p.n_splits_total = splits;
 
   const int64_t n_part = B * Hq * splits, n_out = B * Hq * kD;
@@ -356,9 +287,7 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   p.part_m = wsp + n_part * kD;
   p.part_l = wsp + n_part * (kD + 1);
   auto st = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(splits, Hkv, B);
-  if (dense_type == at::kHalf) launch_nrep<__half>(nrep, grid, p, st);
-  else launch_nrep<__nv_bfloat16>(nrep, grid, p, st);
+  int8_mma_kernel<<<dim3(splits, Hkv, B), kFastWarps * 32, 0, st>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   combine_kernel<kD><<<dim3(B * Hq), kD, 0, st>>>(p.part_o, p.part_m, p.part_l, splits, wsp + n_part * (kD + 2));
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -10,13 +10,12 @@
 #include <cstdlib>
 
 #include "core/common/error.h"
-#include "core/kernels/decode_common.cuh"
+#include "core/kernels/decode_mma.cuh"
 #include "core/kernels/packed_kv.h"
 
 namespace kvx::kernels::cuda {
 namespace {
 
-constexpr int kD = 128;     // head_dim of the fused attention kernel
 constexpr int kWarps = 4;   // warps per block
 constexpr int kTile = 32;   // tokens per warp tile (one per lane in the score phase)
 constexpr unsigned kFull = kFullMask;
@@ -306,15 +305,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 }
 
 // ---------------------------------------------------------------- tensor-core packed decode attention
-// One warp streams a contiguous token range in tiles of 32 tokens; both products run on the tensor
-// cores (mma.m16n8k16, fp16 inputs, fp32 accumulation):
-//   scores  S[head, tok] = Qs[head, ch] · X[ch, tok]  (A = query pre-scaled by the per-channel key
-//           scale, rows = the NREP <= 8 heads of one KV head; B = raw key codes)
-//   output  Oᵀ[ch, head] += V[ch, tok] · Pᵀ[tok, head]  (B = probabilities straight from the score
-//           fragments, the flash-attention register reuse)
-// A code becomes fp16 with one LOP3 and no conversion: (word & mask) | magic(n) puts code k of a byte
-// (bits n = b·k up) in the mantissa under the exponent that makes it read as 2^(10-n) + code exactly.
-// The decode is instruction-bound, so every per-element operation after that LOP3 leaves the token loop:
+// The mma layout is decode_mma.cuh's. A code becomes fp16 with one LOP3 and no conversion: (word &
+// mask) | magic(n) puts code k of a byte (bits n = b·k up) in the mantissa under the exponent that
+// makes it read as 2^(10-n) + code exactly. The decode is instruction-bound, so every per-element
+// operation after that LOP3 leaves the token loop:
 //   keys    the query side carries the per-channel scale (qs = q·s, fp16); the biases come out with
 //           the per-group constant Σ_c q_c·min_c - Σ_c qs_c·2^(10-n_c) (the same fp16 qs, so they
 //           cancel exactly), from 16 mma against constant fragments when a key group starts.
@@ -323,68 +317,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 //           subtracted at the end) and one sums P·min (added at the end). With several groups per
 //           token the scale changes along the mma rows, so values keep two more HFMA2-class
 //           operations: exact code, then code·scale + min.
-constexpr int kFastWarps = 4;
-constexpr int kFastTile = 32;
-
-__device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-__device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
-
-// d += A·B, m16n8k16, row.col, f16 x f16 -> f32.
-__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// (x & mask) | magic in one LOP3: the magic is a register operand (LOP3 takes one immediate, and
-// `(x & imm) | imm` compiles to two).
-template <uint32_t MASK>
-__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t magic) {
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(x), "n"(MASK), "r"(magic));
-  return r;
-}
-
-// Transpose of an 8x8 fp16 matrix held one row pair per lane (lane 4r + c holds row r, columns 2c, 2c + 1).
-__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
-  uint32_t r;
-  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
-  return r;
-}
-
-template <int N>
-__device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
-  if constexpr (N == 1) {
-    w[0] = __ldg(p);
-  } else if constexpr (N == 2) {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
-    w[0] = v.x;
-    w[1] = v.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < N / 4; ++i) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
-      w[4 * i] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  }
-}
-
-// Pair p (0..15) of a lane's 32-channel key chunk (B words): half2 of codes from bytes (v, v + 2) of
-// word p / (16/B), code k of the byte; channels relative to the chunk start.
-template <int B>
-struct KeyPair {
-  static constexpr int PPW = 16 / B, CPB = 8 / B;
-  __host__ __device__ static constexpr int word(int p) { return p / PPW; }
-  __host__ __device__ static constexpr int src(int p) { return (p % PPW) / CPB; }
-  __host__ __device__ static constexpr int code(int p) { return (p % PPW) % CPB; }
-  __host__ __device__ static constexpr int lo(int p) { return word(p) * (32 / B) + src(p) * CPB + code(p); }
-  __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
-};
-
 // fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
 __host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
 __host__ __device__ constexpr uint32_t neg_bias2(int n) { return uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u; }
@@ -396,13 +328,6 @@ __device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
   constexpr uint32_t mask = ((1u << B) - 1) << (B * KP::code(P));
   const uint32_t s = KP::src(P) ? (w[KP::word(P)] >> 8) : w[KP::word(P)];
   return and_or<mask | (mask << 16)>(s, code_magic2(B * KP::code(P)));
-}
-
-// half2 (h[lo], h[hi]) of an array of fp16 pairs.
-template <int LO, int HI>
-__device__ __forceinline__ uint32_t half_pair(const uint32_t (&w)[16]) {
-  constexpr uint32_t sel = (2 * (LO & 1)) | ((2 * (LO & 1) + 1) << 4) | ((4 + 2 * (HI & 1)) << 8) | ((5 + 2 * (HI & 1)) << 12);
-  return __byte_perm(w[LO / 2], w[HI / 2], sel);
 }
 
 // Code k of each byte-pair half of y as 2^(10-n) + code (n = B·k), exactly.
@@ -441,11 +366,7 @@ struct PackedParams {
   int64_t vs_bh;
   int gv;
   int T;                 // multiple of kFastTile
-  const void* kr;        // full-precision tail [B, Hkv, R, kD] fp16 or bf16 (R = 0: none)
-  const void* vr;
-  int64_t kr_bh, vr_bh;
-  int R;
-  bool r_bf16;
+  DenseSeg tail;         // full-precision tail [B, Hkv, R, kD] (R = 0: none)
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
   int n_splits_total;
   float scale_log2;
@@ -453,72 +374,6 @@ struct PackedParams {
   float* part_m;
   float* part_l;
 };
-
-// A full-precision tail row (fp16 or bf16) as N fp16-pair words: channels ch0.. of token `tok`, zeros
-// past the tail's end (their probabilities are 0, and 0·garbage could be NaN).
-__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
-  return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)));
-}
-template <int N>
-__device__ __forceinline__ void tail_row(const PackedParams& p, const void* base, int64_t bh_off, int tok, int ch0,
-                                         uint32_t (&w)[N]) {
-  if (tok >= p.R) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) w[i] = 0u;
-    return;
-  }
-  ldg_words(reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(base) + bh_off + int64_t(tok) * kD + ch0), w);
-  if (p.r_bf16)
-#pragma unroll
-    for (int i = 0; i < N; ++i) w[i] = bf16x2_to_f16x2(w[i]);
-}
-
-// Online softmax over a tile's scores Sᵀ (log2 domain): s[bb][e] is token 16bb + g (e < 2) or
-// 16bb + 8 + g (e >= 2), head 2t + (e & 1); the 8 lanes with the same t hold a head's 32 tokens.
-// Every tile holds valid tokens, so the running max is finite after the first tile and
-// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block).
-template <bool FOLD>
-__device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t (&pb)[4], float (&m_run)[2],
-                                               float (&l_run)[2], float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
-  float m_new[2], corr[2], lsum[2] = {0.f, 0.f};
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float tmax = fmaxf(fmaxf(s[0][h], s[0][h + 2]), fmaxf(s[1][h], s[1][h + 2]));
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, o));
-    m_new[h] = fmaxf(m_run[h], tmax);
-    corr[h] = exp2f(m_run[h] - m_new[h]);
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int bb = i / 2, e = 2 * (i % 2);
-    const __half2 h = __floats2half2_rn(exp2f(s[bb][e] - m_new[0]), exp2f(s[bb][e + 1] - m_new[1]));
-    lsum[0] += __low2float(h);  // normalize by what the products use
-    lsum[1] += __high2float(h);
-    pb[i] = transpose8x8(h2u(h));
-  }
-  const bool grew = m_new[0] > m_run[0] || m_new[1] > m_run[1];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] = l_run[h] * corr[h] + lsum[h];
-    m_run[h] = m_new[h];
-  }
-  // Late in a long context the max rarely moves: skip the rescale when no head's max did.
-  if (__any_sync(kFull, grew)) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[j][e] *= corr[e & 1];
-    if constexpr (FOLD)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        bacc[h] *= corr[h];
-        macc[h] *= corr[h];
-      }
-  }
-}
-
-constexpr uint32_t kOnex2 = 0x3C003C00u;
 
 // FOLD: one value group per token (gv = 128).
 template <int BK, int BV, bool FOLD>
@@ -531,8 +386,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   using KP = KeyPair<BK>;
   // Query B fragments of lane (g, t), pair pp: half2(q[g][32t + lo], q[g][32t + hi]).
   __shared__ __align__(16) uint32_t qf_s[32][16];
-  __shared__ float red_m[kFastWarps][8], red_l[kFastWarps][8];
-  __shared__ float red_o[kFastWarps][8][kD];
+  __shared__ SplitMerge merge;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
@@ -699,92 +553,14 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   // ---- the full-precision tail (KVQ's residual) in the same launch: the last warp of the last split
   // (whose packed range the host shortened to make room) takes its 32-token tiles, in fp16 on the
   // tensor cores against q as is (bf16 rows convert exactly).
-  if (p.R > 0 && blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
+  if (p.tail.R > 0 && blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
     uint32_t qf[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
-    const int64_t kr_off = bh * p.kr_bh, vr_off = bh * p.vr_bh;
-    for (int r0 = 0; r0 < p.R; r0 += kFastTile) {
-      float s[2][4];
-#pragma unroll
-      for (int bb = 0; bb < 2; ++bb) {
-        uint32_t k0[16], k1[16];  // tokens r0 + 16bb + g and + 8, channels 32t..32t+31
-        tail_row(p, p.kr, kr_off, r0 + 16 * bb + g, 32 * t, k0);
-        tail_row(p, p.kr, kr_off, r0 + 16 * bb + 8 + g, 32 * t, k1);
-        float d[4] = {0.f, 0.f, 0.f, 0.f};
-#define KVX_RSTEP(S)                                                                                      \
-  mma16816(d, half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k0), half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k1),   \
-           half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k0), half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k1), \
-           qf[2 * S], qf[2 * S + 1]);
-        KVX_RSTEP(0) KVX_RSTEP(1) KVX_RSTEP(2) KVX_RSTEP(3) KVX_RSTEP(4) KVX_RSTEP(5) KVX_RSTEP(6) KVX_RSTEP(7)
-#undef KVX_RSTEP
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < p.R ? d[e] * p.scale_log2 : -INFINITY;
-      }
-      uint32_t pb[4];
-      online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
-#pragma unroll
-      for (int v = 0; v < 2; ++v) {
-        uint32_t w[4][8];  // tokens r0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
-#pragma unroll
-        for (int i = 0; i < 4; ++i) tail_row(p, p.vr, vr_off, r0 + 16 * v + 2 * t + (i & 1) + 8 * (i >> 1), 16 * g, w[i]);
-        uint32_t x01[16], x89[16];  // channel 16g + p of the two tokens
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          x01[2 * i] = __byte_perm(w[0][i], w[1][i], 0x5410);
-          x01[2 * i + 1] = __byte_perm(w[0][i], w[1][i], 0x7632);
-          x89[2 * i] = __byte_perm(w[2][i], w[3][i], 0x5410);
-          x89[2 * i + 1] = __byte_perm(w[2][i], w[3][i], 0x7632);
-        }
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], pb[2 * v], pb[2 * v + 1]);
-      }
-    }
+    for (int r0 = 0; r0 < p.tail.R; r0 += kFastTile)
+      attend_dense_tile<BK, FOLD>(p.tail, bh, r0, qf, p.scale_log2, m_run, l_run, acc, bacc, macc);
   }
-
-  const int h0 = 2 * t, h1 = 2 * t + 1;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) l_run[h] += __shfl_xor_sync(kFull, l_run[h], o);
-    if (g == 0 && h0 + h < nrep) {
-      red_m[warp][h0 + h] = m_run[h];
-      red_l[warp][h0 + h] = l_run[h];
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int c = 16 * g + 2 * j;
-    if (h0 < nrep) {
-      red_o[warp][h0][c] = acc[j][0];
-      red_o[warp][h0][c + 1] = acc[j][2];
-    }
-    if (h1 < nrep) {
-      red_o[warp][h1][c] = acc[j][1];
-      red_o[warp][h1][c + 1] = acc[j][3];
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < nrep * kD; i += blockDim.x) {
-    const int h = i / kD, d = i % kD;
-    float M = -INFINITY;
-    for (int w = 0; w < kFastWarps; ++w) M = fmaxf(M, red_m[w][h]);
-    float L = 0.f, O = 0.f;
-    if (M != -INFINITY)
-      for (int w = 0; w < kFastWarps; ++w) {
-        const float f = exp2f(red_m[w][h] - M);
-        L += red_l[w][h] * f;
-        O += red_o[w][h][d] * f;
-      }
-    const int64_t slot_i = (int64_t(b) * p.Hq + int64_t(hkv) * nrep + h) * p.n_splits_total + blockIdx.x;
-    p.part_o[slot_i * kD + d] = O;
-    if (d == 0) {
-      p.part_m[slot_i] = M;
-      p.part_l[slot_i] = L;
-    }
-  }
+  store_split(merge, m_run, l_run, acc, nrep, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
 }
 
 // Resident blocks per SM of one instantiation.
@@ -1009,14 +785,8 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.vs_bh = Tq * vsc.size(3);
     p.gv = v->group;
     p.T = int(Tq);
-    if (tail_in_packed) {
-      p.kr = k_fp.data_ptr();
-      p.vr = v_fp.data_ptr();
-      p.kr_bh = k_fp.stride(1);
-      p.vr_bh = v_fp.stride(1);
-      p.R = int(R);
-      p.r_bf16 = k_fp.scalar_type() == at::kBFloat16;
-    }
+    if (tail_in_packed)
+      p.tail = {k_fp.data_ptr(), v_fp.data_ptr(), k_fp.stride(1), v_fp.stride(1), int(R), k_fp.scalar_type() == at::kBFloat16};
     p.tokens_per_split = tps_q;
     p.n_splits_total = total;
     p.scale_log2 = base.scale_log2;

@@ -1,0 +1,269 @@
+// Tensor-core building blocks of the fused decode-attention kernels (packed_kv_cuda.cu,
+// int8_kv_cuda.cu; internal: included by .cu files only). A block's warps each stream a contiguous
+// token range in tiles of 32 tokens; both products run on mma.m16n8k16 (fp16 in, fp32 accumulate):
+//   scores  Sᵀ[tok, head] = K[tok, ch]·Qᵀ[ch, head]  (A = keys as fp16 pairs, 16 tokens per mma;
+//           B = the query fragments of this lane's heads, rows = the <= 8 query heads of a KV head)
+//   output  Oᵀ[ch, head] += V[ch, tok]·Pᵀ[tok, head]  (A = values, B = the probabilities, moved from
+//           the score layout by movmatrix)
+// Lane (g, t) = (lane / 4, lane % 4) holds the scores of tokens g, g + 8 of each 16 and heads 2t,
+// 2t + 1, and the outputs of channels 16g + p (p = 0..15, rows g / g + 8 of mma p / 2) for those
+// heads. Key channels are paired as KeyPair<B> says, the same for the keys' A and the query's B.
+#pragma once
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/kernels/decode_common.cuh"
+
+namespace kvx::kernels::cuda {
+namespace {
+
+constexpr int kD = 128;  // head_dim of the fused attention kernels
+constexpr int kFastWarps = 4;
+constexpr int kFastTile = 32;
+
+__device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+// d += A·B, m16n8k16, row.col, f16 x f16 -> f32.
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// (x & mask) | magic in one LOP3: the magic is a register operand (LOP3 takes one immediate, and
+// `(x & imm) | imm` compiles to two).
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t magic) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(x), "n"(MASK), "r"(magic));
+  return r;
+}
+
+// Transpose of an 8x8 fp16 matrix held one row pair per lane (lane 4r + c holds row r, columns 2c, 2c + 1).
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+  uint32_t r;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+  return r;
+}
+
+template <int N>
+__device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
+  if constexpr (N == 1) {
+    w[0] = __ldg(p);
+  } else if constexpr (N == 2) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  }
+}
+
+// Pair p (0..15) of a lane's 32-channel key chunk (B words): half2 of codes from bytes (v, v + 2) of
+// word p / (16/B), code k of the byte; channels relative to the chunk start.
+template <int B>
+struct KeyPair {
+  static constexpr int PPW = 16 / B, CPB = 8 / B;
+  __host__ __device__ static constexpr int word(int p) { return p / PPW; }
+  __host__ __device__ static constexpr int src(int p) { return (p % PPW) / CPB; }
+  __host__ __device__ static constexpr int code(int p) { return (p % PPW) % CPB; }
+  __host__ __device__ static constexpr int lo(int p) { return word(p) * (32 / B) + src(p) * CPB + code(p); }
+  __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
+};
+
+// half2 (h[lo], h[hi]) of an array of fp16 pairs.
+template <int LO, int HI>
+__device__ __forceinline__ uint32_t half_pair(const uint32_t (&w)[16]) {
+  constexpr uint32_t sel = (2 * (LO & 1)) | ((2 * (LO & 1) + 1) << 4) | ((4 + 2 * (HI & 1)) << 8) | ((5 + 2 * (HI & 1)) << 12);
+  return __byte_perm(w[LO / 2], w[HI / 2], sel);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+  return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)));
+}
+
+// A full-precision segment: rows [B, Hkv, R, kD] of fp16 or bf16 (bf16 converts to fp16 exactly).
+struct DenseSeg {
+  const void* k;
+  const void* v;
+  int64_t k_bh, v_bh;  // elements between consecutive (b, h)
+  int R;
+  bool bf16;
+};
+
+// Channels ch0.. of token `tok` as N fp16-pair words; zeros past the segment's end (their
+// probabilities are 0, and 0·garbage could be NaN).
+template <int N>
+__device__ __forceinline__ void dense_row(const void* base, int64_t bh_off, int tok, int R, bool bf16, int ch0,
+                                          uint32_t (&w)[N]) {
+  if (tok >= R) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = 0u;
+    return;
+  }
+  ldg_words(reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(base) + bh_off + int64_t(tok) * kD + ch0), w);
+  if (bf16)
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = bf16x2_to_f16x2(w[i]);
+}
+
+// Online softmax over a tile's scores Sᵀ (log2 domain): s[bb][e] is token 16bb + g (e < 2) or
+// 16bb + 8 + g (e >= 2), head 2t + (e & 1); the 8 lanes with the same t hold a head's 32 tokens.
+// Every tile holds valid tokens, so the running max is finite after the first tile and
+// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block).
+template <bool FOLD>
+__device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t (&pb)[4], float (&m_run)[2],
+                                               float (&l_run)[2], float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
+  float m_new[2], corr[2], lsum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float tmax = fmaxf(fmaxf(s[0][h], s[0][h + 2]), fmaxf(s[1][h], s[1][h + 2]));
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, o));
+    m_new[h] = fmaxf(m_run[h], tmax);
+    corr[h] = exp2f(m_run[h] - m_new[h]);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int bb = i / 2, e = 2 * (i % 2);
+    const __half2 h = __floats2half2_rn(exp2f(s[bb][e] - m_new[0]), exp2f(s[bb][e + 1] - m_new[1]));
+    lsum[0] += __low2float(h);  // normalize by what the products use
+    lsum[1] += __high2float(h);
+    pb[i] = transpose8x8(h2u(h));
+  }
+  const bool grew = m_new[0] > m_run[0] || m_new[1] > m_run[1];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] = l_run[h] * corr[h] + lsum[h];
+    m_run[h] = m_new[h];
+  }
+  // Late in a long context the max rarely moves: skip the rescale when no head's max did.
+  if (__any_sync(kFullMask, grew)) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] *= corr[e & 1];
+    if constexpr (FOLD)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        bacc[h] *= corr[h];
+        macc[h] *= corr[h];
+      }
+  }
+}
+
+constexpr uint32_t kOnex2 = 0x3C003C00u;
+
+// One 32-token tile r0.. of a full-precision segment, against the query fragments qf (KeyPair<BK>
+// pairing): scores, online softmax and values into the running state.
+template <int BK, bool FOLD>
+__device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh, int r0, const uint32_t (&qf)[16],
+                                                  float scale_log2, float (&m_run)[2], float (&l_run)[2],
+                                                  float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
+  using KP = KeyPair<BK>;
+  const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int64_t k_off = bh * sg.k_bh, v_off = bh * sg.v_bh;
+  float s[2][4];
+#pragma unroll
+  for (int bb = 0; bb < 2; ++bb) {
+    uint32_t k0[16], k1[16];  // tokens r0 + 16bb + g and + 8, channels 32t..32t+31
+    dense_row(sg.k, k_off, r0 + 16 * bb + g, sg.R, sg.bf16, 32 * t, k0);
+    dense_row(sg.k, k_off, r0 + 16 * bb + 8 + g, sg.R, sg.bf16, 32 * t, k1);
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+#define KVX_RSTEP(S)                                                                                      \
+  mma16816(d, half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k0), half_pair<KP::lo(2 * S), KP::hi(2 * S)>(k1),   \
+           half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k0), half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(k1), \
+           qf[2 * S], qf[2 * S + 1]);
+    KVX_RSTEP(0) KVX_RSTEP(1) KVX_RSTEP(2) KVX_RSTEP(3) KVX_RSTEP(4) KVX_RSTEP(5) KVX_RSTEP(6) KVX_RSTEP(7)
+#undef KVX_RSTEP
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < sg.R ? d[e] * scale_log2 : -INFINITY;
+  }
+  uint32_t pb[4];
+  online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
+#pragma unroll
+  for (int v = 0; v < 2; ++v) {
+    uint32_t w[4][8];  // tokens r0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dense_row(sg.v, v_off, r0 + 16 * v + 2 * t + (i & 1) + 8 * (i >> 1), sg.R, sg.bf16, 16 * g, w[i]);
+    uint32_t x01[16], x89[16];  // channel 16g + p of the two tokens
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      x01[2 * i] = __byte_perm(w[0][i], w[1][i], 0x5410);
+      x01[2 * i + 1] = __byte_perm(w[0][i], w[1][i], 0x7632);
+      x89[2 * i] = __byte_perm(w[2][i], w[3][i], 0x5410);
+      x89[2 * i + 1] = __byte_perm(w[2][i], w[3][i], 0x7632);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], pb[2 * v], pb[2 * v + 1]);
+  }
+}
+
+// Shared memory of the block merge.
+struct SplitMerge {
+  float m[kFastWarps][8], l[kFastWarps][8];
+  float o[kFastWarps][8][kD];
+};
+
+// Merges the block's warps and writes split `split` of the partials ([B, Hq, n_splits, kD] O, [B, Hq,
+// n_splits] M and L) for the nrep query heads of KV head hkv. Every thread of the block calls it.
+__device__ __forceinline__ void store_split(SplitMerge& sm, float (&m_run)[2], float (&l_run)[2], const float (&acc)[8][4],
+                                            int nrep, int b, int hkv, int Hq, int n_splits, int split, float* part_o,
+                                            float* part_m, float* part_l) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int h0 = 2 * t, h1 = 2 * t + 1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) l_run[h] += __shfl_xor_sync(kFullMask, l_run[h], o);
+    if (g == 0 && h0 + h < nrep) {
+      sm.m[warp][h0 + h] = m_run[h];
+      sm.l[warp][h0 + h] = l_run[h];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int c = 16 * g + 2 * j;
+    if (h0 < nrep) {
+      sm.o[warp][h0][c] = acc[j][0];
+      sm.o[warp][h0][c + 1] = acc[j][2];
+    }
+    if (h1 < nrep) {
+      sm.o[warp][h1][c] = acc[j][1];
+      sm.o[warp][h1][c + 1] = acc[j][3];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < nrep * kD; i += blockDim.x) {
+    const int h = i / kD, d = i % kD;
+    float M = -INFINITY;
+    for (int w = 0; w < kFastWarps; ++w) M = fmaxf(M, sm.m[w][h]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY)
+      for (int w = 0; w < kFastWarps; ++w) {
+        const float f = exp2f(sm.m[w][h] - M);
+        L += sm.l[w][h] * f;
+        O += sm.o[w][h][d] * f;
+      }
+    const int64_t slot = (int64_t(b) * Hq + int64_t(hkv) * nrep + h) * n_splits + split;
+    part_o[slot * kD + d] = O;
+    if (d == 0) {
+      part_m[slot] = M;
+      part_l[slot] = L;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvx::kernels::cuda
