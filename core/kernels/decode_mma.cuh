@@ -81,6 +81,25 @@ struct KeyPair {
   __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
 };
 
+// The query B fragments of every lane into shared memory: qf_s[lane (g, t)][pp] = half2(q[g][32t +
+// lo], q[g][32t + hi]) for pair pp of KeyPair<BK>, zeros for heads past nrep. Ends with a barrier.
+template <int BK>
+__device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void* q, int q_type, int64_t q_bs, int b,
+                                            int hkv, int nrep) {
+  using KP = KeyPair<BK>;
+  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
+    const int ln = i / 16, pp = i % 16, gg = ln >> 2, tt = ln & 3;
+    float qa = 0.f, qb = 0.f;
+    if (gg < nrep) {
+      const int64_t row = (int64_t(hkv) * nrep + gg) * kD + 32 * tt;
+      qa = load_q(q, q_type, q_bs, b, row + KP::lo(pp));
+      qb = load_q(q, q_type, q_bs, b, row + KP::hi(pp));
+    }
+    qf_s[ln][pp] = h2u(__floats2half2_rn(qa, qb));
+  }
+  __syncthreads();
+}
+
 // half2 (h[lo], h[hi]) of an array of fp16 pairs.
 template <int LO, int HI>
 __device__ __forceinline__ uint32_t half_pair(const uint32_t (&w)[16]) {

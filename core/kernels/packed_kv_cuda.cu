@@ -391,17 +391,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
-    const int ln = i / 16, pp = i % 16, gg = ln >> 2, tt = ln & 3;
-    float qa = 0.f, qb = 0.f;
-    if (gg < nrep) {
-      const int64_t row = (int64_t(hkv) * nrep + gg) * kD + 32 * tt;
-      qa = load_q(p.q, p.q_type, p.q_bs, b, row + KP::lo(pp));
-      qb = load_q(p.q, p.q_type, p.q_bs, b, row + KP::hi(pp));
-    }
-    qf_s[ln][pp] = h2u(__floats2half2_rn(qa, qb));
-  }
-  __syncthreads();
+  stage_query<BK>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep);
 
   const int tpw = p.tokens_per_split / kFastWarps;
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
