@@ -11,6 +11,7 @@
 #pragma once
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/kernels/decode_common.cuh"
@@ -21,6 +22,22 @@ namespace {
 constexpr int kD = 128;  // head_dim of the fused attention kernels
 constexpr int kFastWarps = 4;
 constexpr int kFastTile = 32;
+
+// A full-precision token of a tail segment costs about this many quantized ones (4x the bytes of a
+// 4-bit token, fp16 fragments that need no conversion): the split sizes leave room for the tail.
+constexpr int64_t kTailCost = 4;
+
+// Tokens per split of a quantized context of T tokens plus `tail` full-precision ones (taken by the
+// last split's last warp): about one full wave of `resident` blocks over bh_blocks (b, KV head)
+// pairs, >= 2 tiles per warp, a multiple of a block's tile.
+inline int split_tokens(int64_t T, int64_t tail, int64_t bh_blocks, int64_t resident) {
+  constexpr int64_t unit = kFastWarps * kFastTile;
+  T += kTailCost * tail;
+  int64_t want = std::max<int64_t>(1, resident / bh_blocks);
+  want = std::max<int64_t>(1, std::min<int64_t>(want, T / (2 * unit)));
+  const int64_t tps = (T + want - 1) / want;
+  return int((tps + unit - 1) / unit * unit);
+}
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }

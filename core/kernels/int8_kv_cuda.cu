@@ -24,7 +24,6 @@ namespace {
 constexpr uint32_t kS8Magic = 0x64806480u;   // exponent byte 0x64 over a byte whose sign bit flips
 constexpr uint32_t kNeg1152x2 = 0xE480E480u;
 constexpr float kS8Bias = 1152.f;
-constexpr int64_t kTailCost = 4;  // packed-token equivalents of a full-precision token
 
 // Bytes 0 and 2 of y (signed codes) as the fp16 pair 1152 + code: LOP3 (y & 0x00ff00ff) ^ (magic
 // in the masked bits) | (magic elsewhere), one instruction with the magic in a register.
@@ -181,18 +180,6 @@ int int8_blocks_per_sm() {
   return n;
 }
 
-// Body tokens per split: about one full wave of resident blocks, >= 2 tiles per warp, with room
-// for the tail (`extra` body-token equivalents) at the end of the last split.
-int tokens_per_split(int64_t N, int64_t extra, int64_t bh_blocks) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  constexpr int64_t unit = kFastWarps * kFastTile;
-  const int64_t T = N + extra;
-  int64_t want = std::max<int64_t>(1, int64_t(sms) * int8_blocks_per_sm() / bh_blocks);
-  want = std::max<int64_t>(1, std::min<int64_t>(want, T / (2 * unit)));
-  int64_t tps = (T + want - 1) / want;
-  return int((tps + unit - 1) / unit * unit);
-}
-
 // [B, Hkv, T, kD] with contiguous 16-byte-aligned rows (a narrowed token range of a larger buffer
 // is fine), else a contiguous copy.
 at::Tensor rows_of(const at::Tensor& x, int64_t B, int64_t Hkv, const char* what) {
@@ -266,7 +253,8 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   }
   // no body: one split, whose last warp takes sinks and window
   const int64_t tail = p.tail[0].R + p.tail[1].R;
-  p.tokens_per_split = N > 0 ? tokens_per_split(N, kTailCost * tail, B * Hkv) : kFastWarps * kFastTile;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.tokens_per_split = N > 0 ? split_tokens(N, tail, B * Hkv, int64_t(sms) * int8_blocks_per_sm()) : kFastWarps * kFastTile;
   const int splits = N > 0 ? int((N + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
   p.n_splits_total = splits;
 

@@ -584,19 +584,6 @@ int launch_packed(int bk, int bv, bool fold, bool launch, dim3 grid, const Packe
     default: throw error("fused decode attention: key/value bits {}/{} not supported", bk, bv);
   }
 }
-constexpr int64_t kTailCost = 4;
-
-// Splits of the packed context: about one full wave of resident blocks, >= 2 tiles per warp.
-int choose_packed_tokens_per_split(int64_t T, int64_t bh_blocks, int blocks_per_sm) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  constexpr int64_t unit = kFastWarps * kFastTile;
-  int64_t want = std::max<int64_t>(1, int64_t(sms) * blocks_per_sm / bh_blocks);
-  want = std::max<int64_t>(1, std::min<int64_t>(want, T / (2 * unit)));
-  int64_t tps = (T + want - 1) / want;
-  tps = (tps + unit - 1) / unit * unit;
-  return int(tps);
-}
-
 template <int BK, int BV, typename TD>
 void launch_nrep(int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
   switch (nrep) {
@@ -723,10 +710,8 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
         v->codes.size(3) != kD * v->bits / 32)
       throw error("fused decode attention: packed keys/values do not match [B, Hkv, T, D·bits/32]");
     if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
-    // The splits leave room for the tail at the end of the last one (see the kernel): a tail token
-    // costs about kTailCost packed ones (4x the bytes at 4 bits, unconverted fp16 fragments).
-    const int64_t tail_cost = R > 0 ? kTailCost * R : 0;
-    tps_q = choose_packed_tokens_per_split(Tq + tail_cost, B * Hkv, launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    tps_q = split_tokens(Tq, R, B * Hkv, int64_t(sms) * launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
     n_q = int((Tq + tps_q - 1) / tps_q);
   }
   if (R > 0) {
