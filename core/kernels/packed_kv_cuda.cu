@@ -7,7 +7,6 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
-#include <cstdlib>
 
 #include "core/common/error.h"
 #include "core/kernels/decode_mma.cuh"
