@@ -7,7 +7,9 @@
 //           the score layout by movmatrix)
 // Lane (g, t) = (lane / 4, lane % 4) holds the scores of tokens g, g + 8 of each 16 and heads 2t,
 // 2t + 1, and the outputs of channels 16g + p (p = 0..15, rows g / g + 8 of mma p / 2) for those
-// heads. Key channels are paired as KeyPair<B> says, the same for the keys' A and the query's B.
+// heads (columns: a kernel may repeat the heads, see store_split). Key channels are paired as
+// KeyPair<B> says, the same for the keys' A and the query's B. Per-column sums over tokens (the
+// softmax denominators, the value biases) run on the tensor cores too (column_total).
 #pragma once
 #include <cuda_fp16.h>
 
@@ -25,7 +27,7 @@ constexpr int kFastTile = 32;
 
 // A full-precision token of a tail segment costs about this many quantized ones (4x the bytes of a
 // 4-bit token, fp16 fragments that need no conversion): the split sizes leave room for the tail.
-constexpr int64_t kTailCost = 4;
+constexpr int64_t kTailCost = 4;  // 8 and 12 measured the same or slower (H200, pipelined kernel)
 
 // Tokens per split of a quantized context of T tokens plus `tail` full-precision ones (taken by the
 // last split's last warp): about one full wave of `resident` blocks over bh_blocks (b, KV head)
@@ -86,6 +88,38 @@ __device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
   }
 }
 
+// N words from shared memory (16-byte aligned for N >= 4, 8 for N = 2).
+template <int N>
+__device__ __forceinline__ void lds_words(const uint32_t* p, uint32_t (&w)[N]) {
+  if constexpr (N == 1) {
+    w[0] = p[0];
+  } else if constexpr (N == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  }
+}
+
+// 16 bytes global -> shared without registers (L2 only: the cache is streamed once).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's groups are in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // Pair p (0..15) of a lane's 32-channel key chunk (B words): half2 of codes from bytes (v, v + 2) of
 // word p / (16/B), code k of the byte; channels relative to the chunk start.
 template <int B>
@@ -98,23 +132,36 @@ struct KeyPair {
   __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
 };
 
-// The query B fragments of every lane into shared memory: qf_s[lane (g, t)][pp] = half2(q[g][32t +
-// lo], q[g][32t + hi]) for pair pp of KeyPair<BK>, zeros for heads past nrep. Ends with a barrier.
+// A lane's 16 query pairs sit in qf_s in quad order (pairs 4i, 4i+2, 4i+1, 4i+3 in words 4i..4i+3):
+// a 16-byte load is then the A fragment {rows g, g+8} x {k-step 2i, 2i+1} of the query as the A side
+// of a column product (the packed kernel's group constants), with no register moves.
+__host__ __device__ constexpr int quad_order(int j) { return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1); }
+
+// The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[h][32t +
+// lo], q[h][32t + hi]) for pair pp of KeyPair<BK>, with column g holding head h = g % nh (nh = 8,
+// or fewer when the columns repeat the heads once per value group), zeros for heads past nrep.
+// Ends with a barrier.
 template <int BK>
 __device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void* q, int q_type, int64_t q_bs, int b,
-                                            int hkv, int nrep) {
+                                            int hkv, int nrep, int nh) {
   using KP = KeyPair<BK>;
   for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
-    const int ln = i / 16, pp = i % 16, gg = ln >> 2, tt = ln & 3;
+    const int ln = i / 16, pp = i % 16, hh = (ln >> 2) % nh, tt = ln & 3;
     float qa = 0.f, qb = 0.f;
-    if (gg < nrep) {
-      const int64_t row = (int64_t(hkv) * nrep + gg) * kD + 32 * tt;
+    if (hh < nrep) {
+      const int64_t row = (int64_t(hkv) * nrep + hh) * kD + 32 * tt;
       qa = load_q(q, q_type, q_bs, b, row + KP::lo(pp));
       qb = load_q(q, q_type, q_bs, b, row + KP::hi(pp));
     }
-    qf_s[ln][pp] = h2u(__floats2half2_rn(qa, qb));
+    qf_s[ln][quad_order(pp)] = h2u(__floats2half2_rn(qa, qb));
   }
   __syncthreads();
+}
+
+// This lane's query fragments from stage_query's qf_s (qf[2S], qf[2S + 1]: k-step S).
+__device__ __forceinline__ void load_query(const uint32_t (&qf_s)[32][16], uint32_t (&qf)[16]) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j) qf[j] = qf_s[threadIdx.x % 32][quad_order(j)];
 }
 
 // half2 (h[lo], h[hi]) of an array of fp16 pairs.
@@ -153,59 +200,85 @@ __device__ __forceinline__ void dense_row(const void* base, int64_t bh_off, int 
     for (int i = 0; i < N; ++i) w[i] = bf16x2_to_f16x2(w[i]);
 }
 
+constexpr uint32_t kOnex2 = 0x3C003C00u;
+
+// 2^x in one MUFU (exp2f adds denormal handling; results below 2^-126 flush to 0, as -inf does).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+}
+
+// Per-column sums over tokens on the tensor cores. A B fragment of column g (tokens 2t.., 2t+8..
+// of 16) is also the A fragment of row g or g + 8, so against B = ones one mma adds the four
+// fragments f0..f3 (two 16-token steps) of each column into rows g and g + 8: the column's sum is
+// d[0] + d[2]. The fragments enter as the pairs they are in the value mma (no register moves).
+__device__ __forceinline__ void column_total(float (&d)[4], uint32_t f0, uint32_t f1, uint32_t f2, uint32_t f3) {
+  mma16816(d, f0, f1, f2, f3, kOnex2, kOnex2);
+}
+// Running column sums of a warp (column_total layout): l = Σ P (the softmax denominators, from the
+// same fp16 P the products use); with the value scale on P (FOLD), s = Σ P·scale and m = Σ P·min.
+struct ColumnSums {
+  float l[4] = {0.f, 0.f, 0.f, 0.f}, s[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
+};
+// Sum x (column_total layout, x[0] + x[2] of column g) of column c, as the lanes holding it see it.
+__device__ __forceinline__ float column_value(const float (&x)[4], int c) {
+  return __shfl_sync(kFullMask, x[0] + x[2], 4 * c);
+}
+
 // Online softmax over a tile's scores Sᵀ (log2 domain): s[bb][e] is token 16bb + g (e < 2) or
-// 16bb + 8 + g (e >= 2), head 2t + (e & 1); the 8 lanes with the same t hold a head's 32 tokens.
+// 16bb + 8 + g (e >= 2), column 2t + (e & 1); the 8 lanes with the same t hold a column's 32 tokens.
 // Every tile holds valid tokens, so the running max is finite after the first tile and
-// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block).
+// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block) and
+// adds it to cs.l; the column sums (cs.s, cs.m too with FOLD) rescale with the outputs.
 template <bool FOLD>
 __device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t (&pb)[4], float (&m_run)[2],
-                                               float (&l_run)[2], float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
-  float m_new[2], corr[2], lsum[2] = {0.f, 0.f};
+                                               ColumnSums& cs, float (&acc)[8][4]) {
+  float m_new[2], corr[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float tmax = fmaxf(fmaxf(s[0][h], s[0][h + 2]), fmaxf(s[1][h], s[1][h + 2]));
 #pragma unroll
     for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, o));
     m_new[h] = fmaxf(m_run[h], tmax);
-    corr[h] = exp2f(m_run[h] - m_new[h]);
+    corr[h] = fast_exp2(m_run[h] - m_new[h]);
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int bb = i / 2, e = 2 * (i % 2);
-    const __half2 h = __floats2half2_rn(exp2f(s[bb][e] - m_new[0]), exp2f(s[bb][e + 1] - m_new[1]));
-    lsum[0] += __low2float(h);  // normalize by what the products use
-    lsum[1] += __high2float(h);
-    pb[i] = transpose8x8(h2u(h));
+    pb[i] = transpose8x8(h2u(__floats2half2_rn(fast_exp2(s[bb][e] - m_new[0]), fast_exp2(s[bb][e + 1] - m_new[1]))));
   }
   const bool grew = m_new[0] > m_run[0] || m_new[1] > m_run[1];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] = l_run[h] * corr[h] + lsum[h];
-    m_run[h] = m_new[h];
-  }
-  // Late in a long context the max rarely moves: skip the rescale when no head's max did.
+  m_run[0] = m_new[0];
+  m_run[1] = m_new[1];
+  // Late in a long context the max rarely moves: skip the rescale when no column's max did.
   if (__any_sync(kFullMask, grew)) {
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[j][e] *= corr[e & 1];
-    if constexpr (FOLD)
+    // column g's factor sits in lanes t = g / 2, element g % 2
+    const int g = (threadIdx.x % 32) >> 2;
+    const float c0 = __shfl_sync(kFullMask, corr[0], g >> 1), c1 = __shfl_sync(kFullMask, corr[1], g >> 1);
+    const float cg = g & 1 ? c1 : c0;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        bacc[h] *= corr[h];
-        macc[h] *= corr[h];
+    for (int e = 0; e < 4; ++e) {
+      cs.l[e] *= cg;
+      if constexpr (FOLD) {
+        cs.s[e] *= cg;
+        cs.m[e] *= cg;
       }
+    }
   }
+  column_total(cs.l, pb[0], pb[1], pb[2], pb[3]);
 }
-
-constexpr uint32_t kOnex2 = 0x3C003C00u;
 
 // One 32-token tile r0.. of a full-precision segment, against the query fragments qf (KeyPair<BK>
 // pairing): scores, online softmax and values into the running state.
 template <int BK, bool FOLD>
 __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh, int r0, const uint32_t (&qf)[16],
-                                                  float scale_log2, float (&m_run)[2], float (&l_run)[2],
-                                                  float (&acc)[8][4], float (&bacc)[4], float (&macc)[4]) {
+                                                  float scale_log2, float (&m_run)[2], ColumnSums& cs,
+                                                  float (&acc)[8][4]) {
   using KP = KeyPair<BK>;
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int64_t k_off = bh * sg.k_bh, v_off = bh * sg.v_bh;
@@ -226,7 +299,7 @@ __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh
     for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < sg.R ? d[e] * scale_log2 : -INFINITY;
   }
   uint32_t pb[4];
-  online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
+  online_softmax<FOLD>(s, pb, m_run, cs, acc);
 #pragma unroll
   for (int v = 0; v < 2; ++v) {
     uint32_t w[4][8];  // tokens r0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
@@ -253,32 +326,35 @@ struct SplitMerge {
 };
 
 // Merges the block's warps and writes split `split` of the partials ([B, Hq, n_splits, kD] O, [B, Hq,
-// n_splits] M and L) for the nrep query heads of KV head hkv. Every thread of the block calls it.
-__device__ __forceinline__ void store_split(SplitMerge& sm, float (&m_run)[2], float (&l_run)[2], const float (&acc)[8][4],
-                                            int nrep, int b, int hkv, int Hq, int n_splits, int split, float* part_o,
-                                            float* part_m, float* part_l) {
+// n_splits] M and L) for the nrep query heads of KV head hkv. Column c of the accumulators is head
+// c % nh, valid for the channels of group c / nh (16g / (kD·nh/8) for lane g; nh = 8: one group).
+// Every thread of the block calls it.
+__device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)[2], const ColumnSums& cs, const float (&acc)[8][4],
+                                            int nrep, int nh, int b, int hkv, int Hq, int n_splits, int split,
+                                            float* part_o, float* part_m, float* part_l) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int h0 = 2 * t, h1 = 2 * t + 1;
+  bool ok[2];
+  int head[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) l_run[h] += __shfl_xor_sync(kFullMask, l_run[h], o);
-    if (g == 0 && h0 + h < nrep) {
-      sm.m[warp][h0 + h] = m_run[h];
-      sm.l[warp][h0 + h] = l_run[h];
+    const int col = 2 * t + h;
+    const float l = column_value(cs.l, col);
+    head[h] = col % nh;
+    ok[h] = head[h] < nrep && col / nh == g / nh;
+    if (g == 0 && ok[h]) {
+      sm.m[warp][head[h]] = m_run[h];
+      sm.l[warp][head[h]] = l;
     }
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const int c = 16 * g + 2 * j;
-    if (h0 < nrep) {
-      sm.o[warp][h0][c] = acc[j][0];
-      sm.o[warp][h0][c + 1] = acc[j][2];
-    }
-    if (h1 < nrep) {
-      sm.o[warp][h1][c] = acc[j][1];
-      sm.o[warp][h1][c + 1] = acc[j][3];
-    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (ok[h]) {
+        sm.o[warp][head[h]][c] = acc[j][h];
+        sm.o[warp][head[h]][c + 1] = acc[j][2 + h];
+      }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < nrep * kD; i += blockDim.x) {

@@ -61,10 +61,9 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  stage_query<8>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep);
+  stage_query<8>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, 8);
   uint32_t qf[16];
-#pragma unroll
-  for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
+  load_query(qf_s, qf);
   // -1152·Σ_c q_c per head (columns 2t, 2t + 1), with the fp16 q the scores use
   float cq[2];
   {
@@ -75,8 +74,8 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
     cq[1] = d[1];
   }
 
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float acc[8][4], bacc[4] = {0.f, 0.f, 0.f, 0.f}, macc[4] = {0.f, 0.f, 0.f, 0.f};
+  float m_run[2] = {-INFINITY, -INFINITY}, acc[8][4];
+  ColumnSums cs;  // .s: Σ P·scale
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -138,13 +137,14 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
         for (int e = 0; e < 4; ++e)
           if (t0 + 16 * bb + g + 8 * (e >> 1) >= we) s[bb][e] = -INFINITY;
     uint32_t pb[4];
-    online_softmax<true>(s, pb, m_run, l_run, acc, bacc, macc);
-    // ---- values: A = 1152 + code, B = P·scale; Σ B'' for the bias
+    online_softmax<true>(s, pb, m_run, cs, acc);
+    // ---- values: A = 1152 + code, B = P·scale; Σ B for the bias
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pb[i] = h2u(__hmul2(u2h(pb[i]), u2h(vs2[i / 2][i % 2])));
+    column_total(cs.s, pb[0], pb[1], pb[2], pb[3]);
 #pragma unroll
     for (int v = 0; v < 2; ++v) {
-      const uint32_t b0 = h2u(__hmul2(u2h(pb[2 * v]), u2h(vs2[v][0])));
-      const uint32_t b1 = h2u(__hmul2(u2h(pb[2 * v + 1]), u2h(vs2[v][1])));
-      mma16816(bacc, kOnex2, 0u, kOnex2, 0u, b0, b1);
+      const uint32_t b0 = pb[2 * v], b1 = pb[2 * v + 1];
       uint32_t x01[16], x89[16];  // channel 16g + 4wi + be of the token pairs
 #pragma unroll
       for (int wi = 0; wi < 4; ++wi)
@@ -159,16 +159,21 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
     }
   }
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
+  for (int h = 0; h < 2; ++h) {
+    const float sum = column_value(cs.s, 2 * t + h);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] -= kS8Bias * bacc[e & 1];
+    for (int j = 0; j < 8; ++j) {
+      acc[j][h] -= kS8Bias * sum;
+      acc[j][2 + h] -= kS8Bias * sum;
+    }
+  }
 
   if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1)
 #pragma unroll
     for (int sgi = 0; sgi < 2; ++sgi)
       for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
-        attend_dense_tile<8, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, l_run, acc, bacc, macc);
-  store_split(merge, m_run, l_run, acc, nrep, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
+        attend_dense_tile<8, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, cs, acc);
+  store_split(merge, m_run, cs, acc, nrep, 8, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
 }
 
 int int8_blocks_per_sm() {

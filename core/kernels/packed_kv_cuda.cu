@@ -306,16 +306,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 // ---------------------------------------------------------------- tensor-core packed decode attention
 // The mma layout is decode_mma.cuh's. A code becomes fp16 with one LOP3 and no conversion: (word &
 // mask) | magic(n) puts code k of a byte (bits n = b·k up) in the mantissa under the exponent that
-// makes it read as 2^(10-n) + code exactly. The decode is instruction-bound, so every per-element
-// operation after that LOP3 leaves the token loop:
+// makes it read as 2^(10-n) + code exactly. The decode is bound by instruction issue and latency,
+// so every per-element operation after that LOP3 leaves the token loop:
 //   keys    the query side carries the per-channel scale (qs = q·s, fp16); the biases come out with
 //           the per-group constant Σ_c q_c·min_c - Σ_c qs_c·2^(10-n_c) (the same fp16 qs, so they
-//           cancel exactly), from 16 mma against constant fragments when a key group starts.
-//   values  one group per token (gv = 128, FOLD): the token's scale multiplies the probabilities
-//           instead (B'' = P·s), and per 16 tokens one mma sums B'' (times each row's bias,
-//           subtracted at the end) and one sums P·min (added at the end). With several groups per
-//           token the scale changes along the mma rows, so values keep two more HFMA2-class
-//           operations: exact code, then code·scale + min.
+//           cancel exactly), from 16 mma when a key group starts.
+//   values  the token's scale multiplies the probabilities instead (B = P·s) when the mma's 8
+//           columns can hold every value group of a token (NG groups: gv = 128, or gv = 64 with
+//           nrep <= 4, the heads repeated per group); the column sums of P·s (times each row's
+//           bias, subtracted at the end) and P·min (added at the end) run on the tensor cores. Else
+//           the scale changes along the mma rows, and values keep two more HFMA2-class operations:
+//           exact code, then code·scale + min.
 // fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
 __host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
 __host__ __device__ constexpr uint32_t neg_bias2(int n) { return uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u; }
@@ -374,91 +375,165 @@ struct PackedParams {
   float* part_l;
 };
 
-// FOLD: one value group per token (gv = 128).
-template <int BK, int BV, bool FOLD>
+// Each warp streams its tiles through a ring of shared-memory stages filled by cp.async, so that the
+// loads of the next tiles overlap the math of this one without holding registers (a 2-bit tile is
+// 2 KB: with a tile's loads issued at its start, 16 warps per SM kept too few bytes in flight).
+// One stage is one tile of one warp:
+//   [key codes 32 x 4BK words][value codes 32 x 4BV words][value scales 32 x vg][value mins]
+//   [key scales kD][key mins kD] (the last two filled only where the warp enters a key group)
+__host__ __device__ constexpr int packed_stage_bytes(int bk, int bv, int vg) { return 512 * (bk + bv) + 128 * vg + 512; }
+// Stages per warp: about 8-10 KB in flight, within 4 blocks per SM.
+__host__ __device__ constexpr int packed_stages(int bk, int bv) { return bk + bv <= 4 ? 4 : bk + bv <= 6 ? 3 : 2; }
+
+// One lane's share of the cp.async copies of a warp's tiles, a tile at a time.
+template <int BK, int BV>
+struct TileCopier {
+  const char *k, *v, *meta0, *meta1, *kmeta;
+  int n_meta;  // 16-byte chunks of value scales and mins this lane copies (0..2)
+  __device__ TileCopier(const PackedParams& p, int64_t bh, int wb, int vg, int lane) {
+    k = reinterpret_cast<const char*>(p.k + bh * p.k_bh + int64_t(wb) * 4 * BK) + 16 * lane;
+    v = reinterpret_cast<const char*>(p.v + bh * p.v_bh + int64_t(wb) * 4 * BV) + 16 * lane;
+    const int mc = 4 * vg;  // chunks of a tile's scales, as many of its mins
+    const char* vs = reinterpret_cast<const char*>(p.vs + bh * p.vs_bh + int64_t(wb) * vg);
+    const char* vm = reinterpret_cast<const char*>(p.vm + bh * p.vs_bh + int64_t(wb) * vg);
+    meta0 = lane < mc ? vs + 16 * lane : vm + 16 * (lane - mc);
+    meta1 = vm + 16 * (lane + 32 - mc);
+    n_meta = (lane < 2 * mc) + (lane + 32 < 2 * mc);
+    kmeta = reinterpret_cast<const char*>((lane < 16 ? p.ks : p.km) + bh * p.ks_bh + int64_t(wb / p.gk) * kD) + 16 * (lane % 16);
+  }
+  // dst: the stage's shared address plus 16·lane
+  __device__ void copy(uint32_t dst, int vg, bool group_start) {
+#pragma unroll
+    for (int i = 0; i < BK; ++i) cp_async16(dst + 512 * i, k + 512 * i);
+    k += 512 * BK;
+    dst += 512 * BK;
+#pragma unroll
+    for (int i = 0; i < BV; ++i) cp_async16(dst + 512 * i, v + 512 * i);
+    v += 512 * BV;
+    dst += 512 * BV;
+    if (n_meta > 0) cp_async16(dst, meta0);
+    if (n_meta > 1) cp_async16(dst + 512, meta1);
+    meta0 += 64 * vg;
+    meta1 += 64 * vg;
+    if (group_start) {
+      cp_async16(dst + 128 * vg, kmeta);
+      kmeta += 2 * kD;
+    }
+  }
+};
+
+// Key words of tokens g + 8·blk of a tile (rows of 4·BK words), this lane's 32 channels.
+template <int BK>
+__device__ __forceinline__ void load_tile_keys(const uint32_t* kb, int blk, int g, int t, uint32_t (&w)[BK]) {
+  lds_words(kb + (g + 8 * blk) * 4 * BK + t * BK, w);
+}
+// Value words of step v of a tile: tokens 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15.
+template <int BV>
+__device__ __forceinline__ void load_value_words(const uint32_t* vb, int v, int g, int t, uint32_t (&w)[4][BV / 2]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) lds_words(vb + (16 * v + 2 * t + (r & 1) + 8 * (r >> 1)) * 4 * BV + g * (BV / 2), w[r]);
+}
+// Scales and mins of value group vgi of the token pairs (2t, 2t+1), (2t+8, 2t+9) of step v, as fp16 pairs.
+template <int NG>
+__device__ __forceinline__ void load_value_scales(const __half* vsb, const __half* vmb, int v, int t, int vg, int vgi,
+                                                  uint32_t (&s2)[2], uint32_t (&m2)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int o = (16 * v + 8 * h + 2 * t) * vg + vgi;
+    if constexpr (NG == 1) {
+      s2[h] = *reinterpret_cast<const uint32_t*>(vsb + o);
+      m2[h] = *reinterpret_cast<const uint32_t*>(vmb + o);
+    } else if constexpr (NG == 2) {  // both groups of the pair in one load, then this lane's
+      const uint2 sw = *reinterpret_cast<const uint2*>(vsb + o - vgi), mw = *reinterpret_cast<const uint2*>(vmb + o - vgi);
+      s2[h] = __byte_perm(sw.x, sw.y, vgi ? 0x7632 : 0x5410);
+      m2[h] = __byte_perm(mw.x, mw.y, vgi ? 0x7632 : 0x5410);
+    } else {
+      s2[h] = h2u(__halves2half2(vsb[o], vsb[o + vg]));
+      m2[h] = h2u(__halves2half2(vmb[o], vmb[o + vg]));
+    }
+  }
+}
+
+// NG: value groups per token whose scale multiplies the probabilities instead of the codes (0: none,
+// the codes are dequantized). The mma has 8 columns; with NG groups the nrep <= 8/NG heads repeat
+// once per group (column c = head + (8/NG)·group), every column's probabilities take that group's
+// value scale, and a lane keeps the columns of its channels' group.
+template <int BK, int BV, int NG>
 __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(const PackedParams p) {
   constexpr int KW = BK;        // words of one lane's 32-channel key chunk
-  constexpr int KROW = 4 * BK;  // words per key row
   constexpr int VW = BV / 2;    // words of one lane's 16-channel value chunk
-  constexpr int VROW = 4 * BV;
   constexpr int VCPB = 8 / BV;  // value codes per byte
+  constexpr int S = packed_stages(BK, BV);
+  constexpr bool FOLD = NG > 0;
   using KP = KeyPair<BK>;
-  // Query B fragments of lane (g, t), pair pp: half2(q[g][32t + lo], q[g][32t + hi]).
+  // Query B fragments of lane (g, t), pair pp: half2(q[h][32t + lo], q[h][32t + hi]).
   __shared__ __align__(16) uint32_t qf_s[32][16];
-  __shared__ SplitMerge merge;
+  extern __shared__ __align__(16) unsigned char stages[];  // the warps' rings; then the block merge
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
+  const int nh = FOLD ? 8 / NG : 8;  // columns per value group
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  stage_query<BK>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep);
+  stage_query<BK>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, nh);
 
+  const int vg = FOLD ? NG : kD / p.gv;             // value groups per token
+  const int vgi = FOLD ? g / nh : (16 * g) / p.gv;  // the group of the scales this lane reads
   const int tpw = p.tokens_per_split / kFastWarps;
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
-  const int we = min(p.T, wb + tpw);
-  const int vgroups = kD / p.gv, vgi = (16 * g) / p.gv;
-  const __half* ks_slab = p.ks + bh * p.ks_bh + 32 * t;
-  const __half* km_slab = p.km + bh * p.ks_bh + 32 * t;
-  // Per-lane row pointers, advanced a tile at a time: the tile's rows sit at constant offsets.
-  const uint32_t* kp = p.k + bh * p.k_bh + int64_t(wb + g) * KROW + t * KW;
-  const uint32_t* vp = p.v + bh * p.v_bh + int64_t(wb + 2 * t) * VROW + g * VW;
-  const __half* vsp = p.vs + bh * p.vs_bh + int64_t(wb + 2 * t) * vgroups + vgi;
-  const __half* vmp = p.vm + bh * p.vs_bh + int64_t(wb + 2 * t) * vgroups + vgi;
+  const int n_tiles = max(0, min(p.T - wb, tpw) / kFastTile);
 
-  // this lane's heads are 2t and 2t + 1 (the columns of every accumulator it holds)
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float acc[8][4], bacc[4] = {0.f, 0.f, 0.f, 0.f}, macc[4] = {0.f, 0.f, 0.f, 0.f};
+  const int sb = packed_stage_bytes(BK, BV, vg);
+  unsigned char* ring = stages + warp * S * sb;
+  const uint32_t ring_lane = uint32_t(__cvta_generic_to_shared(ring)) + 16 * lane;  // this lane's copy target
+  TileCopier<BK, BV> copier(p, bh, wb, vg, lane);
+  // tile of the current key group the next copy / the next tile is (the first always starts one)
+  int cpos = (wb % p.gk) >> 5, gpos = cpos;
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < n_tiles) copier.copy(ring_lane + i * sb, vg, i == 0 || cpos == 0);
+    cpos = cpos + 1 == (p.gk >> 5) ? 0 : cpos + 1;
+    cp_async_commit();
+  }
+
+  // this lane's columns are 2t and 2t + 1 (of every accumulator it holds)
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float acc[8][4];
+  ColumnSums cs;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
   uint32_t ka[8][2];          // B fragments of q·s, k-step S
-  float crs[2] = {0.f, 0.f};  // per-group score constant of each head, times scale_log2
-  int cur_group = -1;
+  float crs[2] = {0.f, 0.f};  // per-group score constant of each column, times scale_log2
 
-  for (int t0 = wb; t0 < we; t0 += kFastTile) {
-    uint32_t kw[4][KW];
-    uint32_t vw[2][4][VW];
-#pragma unroll
-    for (int blk = 0; blk < 4; ++blk) ldg_words(kp + blk * 8 * KROW, kw[blk]);
-#pragma unroll
-    for (int v = 0; v < 2; ++v)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) ldg_words(vp + (16 * v + (i & 1) + (i >> 1) * 8) * VROW, vw[v][i]);
-    // value scales and mins of tokens (2t, 2t+1) and (2t+8, 2t+9) of each 16-token step
-    uint32_t vs2[2][2], vm2[2][2];
-    if constexpr (FOLD) {
-#pragma unroll
-      for (int v = 0; v < 2; ++v)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          vs2[v][h] = __ldg(reinterpret_cast<const uint32_t*>(vsp + 16 * v + 8 * h));
-          vm2[v][h] = __ldg(reinterpret_cast<const uint32_t*>(vmp + 16 * v + 8 * h));
-        }
-    } else {
-#pragma unroll
-      for (int v = 0; v < 2; ++v)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int o0 = (16 * v + 8 * h) * vgroups, o1 = o0 + vgroups;
-          vs2[v][h] = h2u(__halves2half2(vsp[o0], vsp[o1]));
-          vm2[v][h] = h2u(__halves2half2(vmp[o0], vmp[o1]));
-        }
-    }
-    kp += kFastTile * KROW;
-    vp += kFastTile * VROW;
-    vsp += kFastTile * vgroups;
-    vmp += kFastTile * vgroups;
+  int read_off = 0, write_off = (S - 1) * sb;  // ring bytes of the tile read next / copied next
+  for (int i = 0; i < n_tiles; ++i) {
+    cp_async_wait<S - 2>();  // tile i has landed (this lane's part; after the barrier everyone's)
+    __syncwarp();            // ... and every lane is done with tile i - 1, whose stage is refilled now
+    if (i + S - 1 < n_tiles) copier.copy(ring_lane + write_off, vg, cpos == 0);
+    cpos = cpos + 1 == (p.gk >> 5) ? 0 : cpos + 1;
+    cp_async_commit();
+    const uint32_t* kb = reinterpret_cast<const uint32_t*>(ring + read_off);
+    const uint32_t* vb = kb + 128 * BK;
+    const __half* vsb = reinterpret_cast<const __half*>(vb + 128 * BV);
+    const __half* vmb = vsb + 32 * vg;
+    const uint32_t* ksb = reinterpret_cast<const uint32_t*>(vmb + 32 * vg);
+    write_off = read_off;
+    read_off = read_off + sb == S * sb ? 0 : read_off + sb;
+    // words are read from the stage where they are used (a shared-memory load is short, registers few)
+    uint32_t kw[4][KW];             // tokens g + 8·blk, this lane's 32 channels
+    uint32_t vw[2][4][VW];          // step v: tokens 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
+    uint32_t vs2[2][2], vm2[2][2];  // value scales and mins of pairs (2t, 2t+1), (2t+8, 2t+9), group vgi
 
     // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
-    const int grp = t0 / p.gk;  // a tile never straddles a group (gk % 32 == 0)
-    if (grp != cur_group) {
-      cur_group = grp;
+    const bool group_start = i == 0 || gpos == 0;
+    gpos = gpos + 1 == (p.gk >> 5) ? 0 : gpos + 1;
+    if (group_start) {
       uint32_t sv[16], mv[16], qf[16];
-      ldg_words(reinterpret_cast<const uint32_t*>(ks_slab + int64_t(grp) * kD), sv);
-      ldg_words(reinterpret_cast<const uint32_t*>(km_slab + int64_t(grp) * kD), mv);
-#pragma unroll
-      for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
-      // A rows all equal (D[*, head] = the constant): -2^(10-n) against q·s, then min against q
+      lds_words(ksb + 16 * t, sv);
+      lds_words(ksb + 64 + 16 * t, mv);
+      load_query(qf_s, qf);
+      // -2^(10-n) against q·s: A rows all equal, D[*, col] (columns 2t, 2t + 1)
       float d[4] = {0.f, 0.f, 0.f, 0.f};
 #define KVX_GROUP_STEP(S)                                                                                \
   {                                                                                                      \
@@ -466,20 +541,30 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     ka[S][0] = h2u(__hmul2(u2h(qf[2 * S]), u2h(half_pair<KP::lo(2 * S), KP::hi(2 * S)>(sv))));           \
     ka[S][1] = h2u(__hmul2(u2h(qf[2 * S + 1]), u2h(half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(sv)))); \
     mma16816(d, nb0, nb0, nb1, nb1, ka[S][0], ka[S][1]);                                                 \
-    const uint32_t m0 = half_pair<KP::lo(2 * S), KP::hi(2 * S)>(mv);                                     \
-    const uint32_t m1 = half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(mv);                             \
-    mma16816(d, m0, m0, m1, m1, qf[2 * S], qf[2 * S + 1]);                                               \
   }
       KVX_GROUP_STEP(0) KVX_GROUP_STEP(1) KVX_GROUP_STEP(2) KVX_GROUP_STEP(3)
       KVX_GROUP_STEP(4) KVX_GROUP_STEP(5) KVX_GROUP_STEP(6) KVX_GROUP_STEP(7)
 #undef KVX_GROUP_STEP
-      crs[0] = d[0] * p.scale_log2;
-      crs[1] = d[1] * p.scale_log2;
+      // Σ q·min as a column product: A = the query (rows g: k-step 2i, rows g + 8: 2i + 1, one quad
+      // of qf_s), B = the mins of k-step 2i (into de, row g) or 2i + 1 (into dodd, row g + 8)
+      float de[4] = {0.f, 0.f, 0.f, 0.f}, dodd[4] = {0.f, 0.f, 0.f, 0.f};
+#define KVX_MIN_STEP(I)                                                                                          \
+  mma16816(de, qf[4 * I], qf[4 * I + 2], qf[4 * I + 1], qf[4 * I + 3], half_pair<KP::lo(4 * I), KP::hi(4 * I)>(mv), \
+           half_pair<KP::lo(4 * I + 1), KP::hi(4 * I + 1)>(mv));                                                  \
+  mma16816(dodd, qf[4 * I], qf[4 * I + 2], qf[4 * I + 1], qf[4 * I + 3],                                         \
+           half_pair<KP::lo(4 * I + 2), KP::hi(4 * I + 2)>(mv), half_pair<KP::lo(4 * I + 3), KP::hi(4 * I + 3)>(mv));
+      KVX_MIN_STEP(0) KVX_MIN_STEP(1) KVX_MIN_STEP(2) KVX_MIN_STEP(3)
+#undef KVX_MIN_STEP
+      const float qmin[4] = {de[0], 0.f, dodd[2], 0.f};  // column_total layout
+      crs[0] = (d[0] + column_value(qmin, 2 * t)) * p.scale_log2;
+      crs[1] = (d[1] + column_value(qmin, 2 * t + 1)) * p.scale_log2;
     }
-    // ---- scores Sᵀ[tok, head], 16 tokens per mma (A = key codes, B = q·s)
+    // ---- scores Sᵀ[tok, col], 16 tokens per mma (A = key codes, B = q·s)
     float s[2][4];
 #pragma unroll
     for (int bb = 0; bb < 2; ++bb) {
+      load_tile_keys<BK>(kb, 2 * bb, g, t, kw[2 * bb]);
+      load_tile_keys<BK>(kb, 2 * bb + 1, g, t, kw[2 * bb + 1]);
       float d[4] = {0.f, 0.f, 0.f, 0.f};
 #define KVX_KSTEP(S)                                                                                    \
   mma16816(d, key_pair<BK, 2 * S>(kw[2 * bb]), key_pair<BK, 2 * S>(kw[2 * bb + 1]),                     \
@@ -489,18 +574,24 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[bb][e] = fmaf(d[e], p.scale_log2, crs[e & 1]);
     }
+    // The scales load before the softmax, whose rescale branch the compiler does not move loads
+    // across (their latency then overlaps the softmax).
+#pragma unroll
+    for (int v = 0; v < 2; ++v) load_value_scales<NG>(vsb, vmb, v, t, vg, vgi, vs2[v], vm2[v]);
     uint32_t pb[4];
-    online_softmax<FOLD>(s, pb, m_run, l_run, acc, bacc, macc);
-    // ---- values: Oᵀ[16g + jj, head] over the 16 tokens of step v
+    online_softmax<FOLD>(s, pb, m_run, cs, acc);
+    if constexpr (FOLD) {  // the column sums of P·min and P·scale for the biases; B = P·scale
+      column_total(cs.m, h2u(__hmul2(u2h(pb[0]), u2h(vm2[0][0]))), h2u(__hmul2(u2h(pb[1]), u2h(vm2[0][1]))),
+                   h2u(__hmul2(u2h(pb[2]), u2h(vm2[1][0]))), h2u(__hmul2(u2h(pb[3]), u2h(vm2[1][1]))));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pb[i] = h2u(__hmul2(u2h(pb[i]), u2h(vs2[i / 2][i % 2])));
+      column_total(cs.s, pb[0], pb[1], pb[2], pb[3]);
+    }
+    // ---- values: Oᵀ[16g + jj, col] over the 16 tokens of step v
 #pragma unroll
     for (int v = 0; v < 2; ++v) {
-      uint32_t b0 = pb[2 * v], b1 = pb[2 * v + 1];
-      if constexpr (FOLD) {
-        b0 = h2u(__hmul2(u2h(b0), u2h(vs2[v][0])));
-        b1 = h2u(__hmul2(u2h(b1), u2h(vs2[v][1])));
-        mma16816(bacc, kOnex2, 0u, kOnex2, 0u, b0, b1);
-        mma16816(macc, vm2[v][0], 0u, vm2[v][1], 0u, pb[2 * v], pb[2 * v + 1]);
-      }
+      load_value_words<BV>(vb, v, g, t, vw[v]);
+      const uint32_t b0 = pb[2 * v], b1 = pb[2 * v + 1];
       uint32_t x01[16], x89[16];
 #pragma unroll
       for (int wi = 0; wi < VW; ++wi)
@@ -510,13 +601,13 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
           const uint32_t y01 = __byte_perm(vw[v][0][wi], vw[v][1][wi], sel);
           const uint32_t y89 = __byte_perm(vw[v][2][wi], vw[v][3][wi], sel);
           const int jb = wi * (32 / BV) + be * VCPB;
-#define KVX_VCODE(K)                                                           \
-  if constexpr (FOLD) {                                                        \
-    x01[jb + K] = value_code<BV, K>(y01);                                      \
-    x89[jb + K] = value_code<BV, K>(y89);                                      \
-  } else {                                                                     \
-    x01[jb + K] = value_pair<BV, K>(y01, u2h(vs2[v][0]), u2h(vm2[v][0]));     \
-    x89[jb + K] = value_pair<BV, K>(y89, u2h(vs2[v][1]), u2h(vm2[v][1]));     \
+#define KVX_VCODE(K)                                                       \
+  if constexpr (FOLD) {                                                    \
+    x01[jb + K] = value_code<BV, K>(y01);                                  \
+    x89[jb + K] = value_code<BV, K>(y89);                                  \
+  } else {                                                                 \
+    x01[jb + K] = value_pair<BV, K>(y01, u2h(vs2[v][0]), u2h(vm2[v][0]));  \
+    x89[jb + K] = value_pair<BV, K>(y89, u2h(vs2[v][1]), u2h(vm2[v][1]));  \
   }
           KVX_VCODE(0)
           if constexpr (VCPB > 1) { KVX_VCODE(1) }
@@ -527,56 +618,74 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
       for (int j = 0; j < 8; ++j) mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], b0, b1);
     }
   }
-  // FOLD: row r holds Σ (bias_r + code)·P·s; take out bias_r·Σ P·s and add Σ P·min.
-  if constexpr (FOLD) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float bias = value_bias<BV>((2 * j + e) % VCPB);
-        acc[j][2 * e] += macc[0] - bias * bacc[0];
-        acc[j][2 * e + 1] += macc[1] - bias * bacc[1];
-      }
-  }
-
   // ---- the full-precision tail (KVQ's residual) in the same launch: the last warp of the last split
   // (whose packed range the host shortened to make room) takes its 32-token tiles, in fp16 on the
   // tensor cores against q as is (bf16 rows convert exactly).
   if (p.tail.R > 0 && blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
     uint32_t qf[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) qf[i] = qf_s[lane][i];
+    load_query(qf_s, qf);
     for (int r0 = 0; r0 < p.tail.R; r0 += kFastTile)
-      attend_dense_tile<BK, FOLD>(p.tail, bh, r0, qf, p.scale_log2, m_run, l_run, acc, bacc, macc);
+      attend_dense_tile<BK, FOLD>(p.tail, bh, r0, qf, p.scale_log2, m_run, cs, acc);
   }
-  store_split(merge, m_run, l_run, acc, nrep, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
+  // FOLD: row r holds Σ (bias_r + code)·P·s; take out bias_r·Σ P·s and add Σ P·min.
+  if constexpr (FOLD) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float ps = column_value(cs.s, 2 * t + h), pm = column_value(cs.m, 2 * t + h);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) acc[j][2 * e + h] += pm - value_bias<BV>((2 * j + e) % VCPB) * ps;
+    }
+  }
+  __syncthreads();  // the merge reuses the rings
+  store_split(*reinterpret_cast<SplitMerge*>(stages), m_run, cs, acc, nrep, nh, b, hkv, p.Hq, p.n_splits_total,
+              blockIdx.x, p.part_o, p.part_m, p.part_l);
 }
 
-// Resident blocks per SM of one instantiation.
-template <int BK, int BV, bool FOLD>
-int packed_blocks_per_sm() {
-  static int n = [] {
-    int r = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, packed_attention_kernel<BK, BV, FOLD>,
-                                                                 kFastWarps * 32, 0));
-    return std::max(1, r);
+// Dynamic shared memory of a launch with vg value groups per token.
+constexpr int packed_smem_bytes(int bk, int bv, int vg) {
+  return std::max<int>(kFastWarps * packed_stages(bk, bv) * packed_stage_bytes(bk, bv, vg), int(sizeof(SplitMerge)));
+}
+
+// Resident blocks per SM of one instantiation at vg value groups per token (vg = 1, 2, 4, 8); the
+// first call per instantiation lets it use the shared memory it needs.
+template <int BK, int BV, int NG>
+int packed_blocks_per_sm(int vg) {
+  static int n[4] = {0, 0, 0, 0};
+  static const bool ready = [] {
+    const auto f = packed_attention_kernel<BK, BV, NG>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, packed_smem_bytes(BK, BV, kD / 16)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
+    return true;
   }();
+  (void)ready;
+  const int slot = vg >= 8 ? 3 : vg >= 4 ? 2 : vg - 1;
+  if (n[slot] == 0) {
+    int r = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, packed_attention_kernel<BK, BV, NG>, kFastWarps * 32,
+                                                                 packed_smem_bytes(BK, BV, vg)));
+    n[slot] = std::max(1, r);
+  }
+  return n[slot];
+}
+
+template <int K, int V, int NG>
+int launch_packed_ng(bool launch, int vg, dim3 grid, const PackedParams& p, cudaStream_t st) {
+  const int n = packed_blocks_per_sm<K, V, NG>(vg);
+  if (launch) packed_attention_kernel<K, V, NG><<<grid, kFastWarps * 32, packed_smem_bytes(K, V, vg), st>>>(p);
   return n;
 }
 
-template <int K, int V, bool F>
-int launch_packed_as(bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
-  const int n = packed_blocks_per_sm<K, V, F>();
-  if (launch) packed_attention_kernel<K, V, F><<<grid, kFastWarps * 32, 0, st>>>(p);
-  return n;
-}
-
-// Dispatch over key/value bits and the value grouping: with launch = false only reports the resident
-// blocks per SM.
-int launch_packed(int bk, int bv, bool fold, bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
+// Dispatch over key/value bits and the folded value groups (ng; vg value groups per token): with
+// launch = false only reports the resident blocks per SM.
+int launch_packed(int bk, int bv, int ng, int vg, bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
   switch (bk * 10 + bv) {
-#define KVX_BITS(K, V) \
-  case K * 10 + V: return fold ? launch_packed_as<K, V, true>(launch, grid, p, st) : launch_packed_as<K, V, false>(launch, grid, p, st);
+#define KVX_BITS(K, V)                                                    \
+  case K * 10 + V:                                                        \
+    return ng == 1   ? launch_packed_ng<K, V, 1>(launch, vg, grid, p, st) \
+           : ng == 2 ? launch_packed_ng<K, V, 2>(launch, vg, grid, p, st) \
+                     : launch_packed_ng<K, V, 0>(launch, vg, grid, p, st);
     KVX_BITS(2, 2) KVX_BITS(2, 4) KVX_BITS(2, 8) KVX_BITS(4, 2) KVX_BITS(4, 4) KVX_BITS(4, 8)
     KVX_BITS(8, 2) KVX_BITS(8, 4) KVX_BITS(8, 8)
 #undef KVX_BITS
@@ -700,7 +809,10 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   base.scale_log2 = float(scale * 1.4426950408889634);
 
   int n_q = 0, n_r = 0, tps_q = 0, tps_r = 0;
-  const bool fold = Tq > 0 && v->group == kD;  // one value group per token
+  // value groups per token, and how many of them fold into the mma's columns (the heads repeat once
+  // per group, so nrep·groups <= 8)
+  const int vg = Tq > 0 ? int(kD / v->group) : 1;
+  const int ng = vg == 1 ? 1 : (vg == 2 && nrep <= 4 ? 2 : 0);
   if (Tq > 0) {
     if (k->group % kFastTile != 0 || !k->per_channel || v->per_channel || v->group % 16 != 0)
       throw error("fused decode attention: needs per-channel keys with group % 32 == 0 and per-token values");
@@ -710,7 +822,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
       throw error("fused decode attention: packed keys/values do not match [B, Hkv, T, D·bits/32]");
     if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
     const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    tps_q = split_tokens(Tq, R, B * Hkv, int64_t(sms) * launch_packed(k->bits, v->bits, fold, false, dim3(), {}, st));
+    tps_q = split_tokens(Tq, R, B * Hkv, int64_t(sms) * launch_packed(k->bits, v->bits, ng, vg, false, dim3(), {}, st));
     n_q = int((Tq + tps_q - 1) / tps_q);
   }
   if (R > 0) {
@@ -736,7 +848,11 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   base.n_splits_total = total;
 
   if (n_q > 0) {
-    auto cont = [](const at::Tensor& x) { return x.is_contiguous() ? x : x.contiguous(); };
+    // cp.async moves 16-byte chunks: contiguous tensors on 16-byte boundaries (a fresh copy otherwise)
+    auto cont = [](const at::Tensor& x) {
+      const bool ok = x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+      return ok ? x : x.clone(at::MemoryFormat::Contiguous);
+    };
     const auto kc = cont(k->codes), ksc = cont(k->scale), kmn = cont(k->minv);
     const auto vc = cont(v->codes), vsc = cont(v->scale), vmn = cont(v->minv);
     PackedParams p{};
@@ -767,7 +883,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.part_o = base.part_o;
     p.part_m = base.part_m;
     p.part_l = base.part_l;
-    launch_packed(k->bits, v->bits, fold, true, dim3(n_q, Hkv, B), p, st);
+    launch_packed(k->bits, v->bits, ng, vg, true, dim3(n_q, Hkv, B), p, st);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n_r > 0) {

@@ -208,11 +208,12 @@ float fused_vs_ref(int B, int Hkv, int rep, int T, int R, int bk, int bv, int gk
 TEST(PackedKVCuda, FusedAttentionLongContext) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   at::manual_seed(5);
-  for (auto [bk, bv] : std::vector<std::pair<int, int>>{{4, 4}, {2, 2}, {8, 4}}) {
-    float err = fused_vs_ref(2, 2, 4, 64 * 150, 13, bk, bv, 64, 32, 1.f, 1.f);
-    std::printf("long context bits %d/%d: max err %.2e\n", bk, bv, err);
-    EXPECT_LT(err, 2e-3) << bk << "/" << bv;
-  }
+  for (auto [bk, bv] : std::vector<std::pair<int, int>>{{4, 4}, {2, 2}, {8, 4}})
+    for (int gv : {32, 16}) {
+      float err = fused_vs_ref(2, 2, 4, 64 * 150, 13, bk, bv, 64, gv, 1.f, 1.f);
+      std::printf("long context bits %d/%d value group %d: max err %.2e\n", bk, bv, gv, err);
+      EXPECT_LT(err, 2e-3) << bk << "/" << bv << " gv " << gv;
+    }
 }
 
 // Real-model-like magnitudes: outlier key channels (x20) and a larger query (sharp softmax, where
@@ -222,11 +223,13 @@ TEST(PackedKVCuda, FusedAttentionOutlierChannels) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   at::manual_seed(6);
   for (auto [bk, bv] : std::vector<std::pair<int, int>>{{4, 4}, {2, 2}, {8, 8}})
-    for (int rep : {1, 4}) {
-      float bf16 = 0.f;
-      float err = fused_vs_ref(2, 2, rep, 128 * 9, 40, bk, bv, 128, 128, 20.f, 3.f, &bf16);
-      std::printf("outliers bits %d/%d rep %d: max err %.2e (bf16 attention: %.2e)\n", bk, bv, rep, err, bf16);
-      EXPECT_LT(err, std::max(2e-3f, 2.f * bf16)) << bk << "/" << bv << " rep " << rep;
-    }
+    for (int rep : {1, 4})
+      for (int gv : {128, 64}) {
+        float bf16 = 0.f;
+        float err = fused_vs_ref(2, 2, rep, 128 * 9, 40, bk, bv, 128, gv, 20.f, 3.f, &bf16);
+        std::printf("outliers bits %d/%d rep %d value group %d: max err %.2e (bf16 attention: %.2e)\n", bk, bv, rep, gv,
+                    err, bf16);
+        EXPECT_LT(err, std::max(2e-3f, 2.f * bf16)) << bk << "/" << bv << " rep " << rep << " gv " << gv;
+      }
 }
 #endif
