@@ -97,24 +97,18 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
   out[(bh * T_len + t) * D + d] = float(q) * __half2float(sc[mi]) + __half2float(mn[mi]);
 }
 
-// ---------------------------------------------------------------- fused decode attention
+// ---------------------------------------------------------------- full-precision decode attention
+// On the CUDA cores: the full-precision cache without packed tokens (a cache still within its
+// residual) and the fp16-fused baseline of `kvx bench decode`.
 struct AttnParams {
   const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q)
   int64_t q_bs;
   int q_type;
   int Hq, Hkv;
-  const void* k;  // codes (uint32) or dense rows (TD)
-  int64_t k_bh;   // stride between (b, h) in words / elements
-  const __half* ks;
-  const __half* km;
-  int64_t ks_bh;
-  int gk;
+  const void* k;  // rows of TD [B, Hkv, T, kD]
+  int64_t k_bh;   // elements between consecutive (b, h)
   const void* v;
   int64_t v_bh;
-  const __half* vs;
-  const __half* vm;
-  int64_t vs_bh;
-  int gv;
   int T;                 // tokens in this part
   int tokens_per_split;  // multiple of kTile
   int split_offset, n_splits_total;
@@ -124,12 +118,10 @@ struct AttnParams {
   float* part_l;
 };
 
-// BK/BV: 2, 4, 8 = packed codes; 16 = dense rows of TD. NREP = Hq / Hkv.
-template <int BK, int BV, int NREP, typename TD>
+// NREP = Hq / Hkv; TD = fp16 or bf16.
+template <int NREP, typename TD>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttnParams p) {
   __shared__ float q_s[NREP][kD];
-  __shared__ float qs_s[kWarps][NREP][BK < 16 ? kD : 1];
-  __shared__ float qm_s[kWarps][NREP];
   __shared__ float p_s[kWarps][NREP][kTile];
   __shared__ float red_m[kWarps][NREP], red_l[kWarps][NREP];
   __shared__ float red_o[kWarps][NREP][kD];
@@ -145,7 +137,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
   __syncthreads();
 
   // Value-phase lane geometry: CH channels per lane, LPT lanes per token, TPI tokens per pass.
-  constexpr int CH = BV == 16 ? 4 : 32 / BV;
+  constexpr int CH = 4;
   constexpr int LPT = kD / CH;
   constexpr int TPI = 32 / LPT;
   const int slot = lane / LPT, c0 = (lane % LPT) * CH;
@@ -158,7 +150,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 #pragma unroll
     for (int c = 0; c < CH; ++c) acc[h][c] = 0.f;
   }
-  int cur_group = -1;
 
   for (int t0 = t_begin + warp * kTile; t0 < t_end; t0 += kWarps * kTile) {
     // ---- scores: lane = token
@@ -166,59 +157,18 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
     float s[NREP];
 #pragma unroll
     for (int h = 0; h < NREP; ++h) s[h] = 0.f;
-    if constexpr (BK < 16) {
-      const int g = t0 / p.gk;  // a tile never straddles a group (gk % 32 == 0)
-      if (g != cur_group) {
-        cur_group = g;
-        const __half* ks = p.ks + bh * p.ks_bh + int64_t(g) * kD;
-        const __half* km = p.km + bh * p.ks_bh + int64_t(g) * kD;
+    if (t < t_end) {
+      const uint4* row = reinterpret_cast<const uint4*>(static_cast<const TD*>(p.k) + bh * p.k_bh + int64_t(t) * kD);
 #pragma unroll
-        for (int h = 0; h < NREP; ++h) {
-          float part = 0.f;
-          for (int d = lane; d < kD; d += 32) {
-            qs_s[warp][h][d] = q_s[h][d] * __half2float(ks[d]);
-            part += q_s[h][d] * __half2float(km[d]);
-          }
-          part = warp_sum(part);
-          if (lane == 0) qm_s[warp][h] = part;
-        }
-        __syncwarp();
-      }
-      if (t < t_end) {
-        constexpr int CPW = 32 / BK, WK = kD / CPW;
-        const uint4* row = reinterpret_cast<const uint4*>(static_cast<const uint32_t*>(p.k) + bh * p.k_bh +
-                                                          int64_t(t) * WK);
+      for (int w4 = 0; w4 < kD * int(sizeof(TD)) / 16; ++w4) {
+        const uint4 q4 = row[w4];
+        const TD* vals = reinterpret_cast<const TD*>(&q4);
 #pragma unroll
-        for (int w4 = 0; w4 < WK / 4; ++w4) {
-          const uint4 q4 = row[w4];
-          const uint32_t words[4] = {q4.x, q4.y, q4.z, q4.w};
+        for (int j = 0; j < 16 / int(sizeof(TD)); ++j) {
+          const float x = to_f(vals[j]);
+          const int d = w4 * (16 / int(sizeof(TD))) + j;
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int c = 0; c < CPW; ++c) {
-              const float code = float((words[j] >> (c * BK)) & ((1u << BK) - 1));
-              const int d = (w4 * 4 + j) * CPW + c;
-#pragma unroll
-              for (int h = 0; h < NREP; ++h) s[h] += qs_s[warp][h][d] * code;
-            }
-        }
-#pragma unroll
-        for (int h = 0; h < NREP; ++h) s[h] += qm_s[warp][h];
-      }
-    } else {
-      if (t < t_end) {
-        const uint4* row = reinterpret_cast<const uint4*>(static_cast<const TD*>(p.k) + bh * p.k_bh + int64_t(t) * kD);
-#pragma unroll
-        for (int w4 = 0; w4 < kD * int(sizeof(TD)) / 16; ++w4) {
-          const uint4 q4 = row[w4];
-          const TD* vals = reinterpret_cast<const TD*>(&q4);
-#pragma unroll
-          for (int j = 0; j < 16 / int(sizeof(TD)); ++j) {
-            const float x = to_f(vals[j]);
-            const int d = w4 * (16 / int(sizeof(TD))) + j;
-#pragma unroll
-            for (int h = 0; h < NREP; ++h) s[h] += q_s[h][d] * x;
-          }
+          for (int h = 0; h < NREP; ++h) s[h] += q_s[h][d] * x;
         }
       }
     }
@@ -241,25 +191,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
     for (int it = 0; it < kTile / TPI; ++it) {
       const int tl = it * TPI + slot, tv = t0 + tl;
       if (tv >= t_end) continue;
-      if constexpr (BV < 16) {
-        const uint32_t word = static_cast<const uint32_t*>(p.v)[bh * p.v_bh + int64_t(tv) * (kD / CH) + lane % LPT];
-        const int64_t mi = bh * p.vs_bh + int64_t(tv) * (kD / p.gv) + c0 / p.gv;
-        const float sc = __half2float(p.vs[mi]), mn = __half2float(p.vm[mi]);
+      const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const TD*>(p.v) + bh * p.v_bh + int64_t(tv) * kD + c0);
+      const TD* vals = reinterpret_cast<const TD*>(&raw);
 #pragma unroll
-        for (int h = 0; h < NREP; ++h) {
-          const float pr = p_s[warp][h][tl], ps = pr * sc, pm = pr * mn;
+      for (int h = 0; h < NREP; ++h) {
+        const float pr = p_s[warp][h][tl];
 #pragma unroll
-          for (int c = 0; c < CH; ++c) acc[h][c] += ps * float((word >> (c * BV)) & ((1u << BV) - 1)) + pm;
-        }
-      } else {
-        const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const TD*>(p.v) + bh * p.v_bh + int64_t(tv) * kD + c0);
-        const TD* vals = reinterpret_cast<const TD*>(&raw);
-#pragma unroll
-        for (int h = 0; h < NREP; ++h) {
-          const float pr = p_s[warp][h][tl];
-#pragma unroll
-          for (int c = 0; c < CH; ++c) acc[h][c] += pr * to_f(vals[c]);
-        }
+        for (int c = 0; c < CH; ++c) acc[h][c] += pr * to_f(vals[c]);
       }
     }
     __syncwarp();
@@ -692,11 +630,11 @@ int launch_packed(int bk, int bv, int ng, int vg, bool launch, dim3 grid, const 
     default: throw error("fused decode attention: key/value bits {}/{} not supported", bk, bv);
   }
 }
-template <int BK, int BV, typename TD>
+template <typename TD>
 void launch_nrep(int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
   switch (nrep) {
 #define KVX_NREP(N) \
-  case N: decode_attention_kernel<BK, BV, N, TD><<<grid, kWarps * 32, 0, st>>>(p); break;
+  case N: decode_attention_kernel<N, TD><<<grid, kWarps * 32, 0, st>>>(p); break;
     KVX_NREP(1) KVX_NREP(2) KVX_NREP(3) KVX_NREP(4) KVX_NREP(7) KVX_NREP(8)
 #undef KVX_NREP
     default: throw error("fused decode attention: GQA ratio {} is not compiled (1, 2, 3, 4, 7, 8)", nrep);
@@ -704,8 +642,8 @@ void launch_nrep(int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
 }
 
 void launch_dense(at::ScalarType dt, int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
-  if (dt == at::kHalf) launch_nrep<16, 16, __half>(nrep, grid, p, st);
-  else if (dt == at::kBFloat16) launch_nrep<16, 16, __nv_bfloat16>(nrep, grid, p, st);
+  if (dt == at::kHalf) launch_nrep<__half>(nrep, grid, p, st);
+  else if (dt == at::kBFloat16) launch_nrep<__nv_bfloat16>(nrep, grid, p, st);
   else throw error("fused decode attention: full-precision tail must be float16 or bfloat16");
 }
 
