@@ -149,6 +149,13 @@ double graph_time_us(const at::Device& dev, int iters, F&& fn, int inner) {
 #endif
 }
 
+// graph_time_us where capture works, else time_us.
+template <typename F>
+double device_time_us(const at::Device& dev, int iters, F&& fn, int inner) {
+  const double g = graph_time_us(dev, iters, fn, inner);
+  return g > 0 ? g : time_us(dev, iters, fn, inner);
+}
+
 // One layer's cache for a method: packed body + fp16 residual, a selective-int8 cache, HIGGS
 // codes, or a dense fp16 cache.
 struct LayerCache {
@@ -255,13 +262,17 @@ const char* kernel_path(const Method& m, const at::Tensor& q, bool fused_dense) 
   }
 }
 
-// Random-weight decoder layer stack at the model's shape (bench_common.h).
-double decode_step_us(const Method& m, const ModelShape& s, const bench::RandomWeights& w, std::vector<LayerCache>& caches,
-                      int64_t B, const at::Device& dev, int iters, bool fused_dense) {
+// One decode step through a random-weight decoder layer stack at the model's shape
+// (bench_common.h): {eager µs, CUDA-graph µs (negative when capture fails)}. The graph replay is
+// what graph-captured serving runs; eager adds about 500 launches of host dispatch, which on a busy
+// host varied the step by a third between runs of the same build.
+std::pair<double, double> decode_step_us(const Method& m, const ModelShape& s, const bench::RandomWeights& w,
+                                         std::vector<LayerCache>& caches, int64_t B, const at::Device& dev, int iters,
+                                         bool fused_dense) {
   const double scale = 1.0 / std::sqrt(double(s.head_dim));
   auto x0 = at::randn({B, s.hidden}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
   const int64_t qd = s.heads * s.head_dim;
-  return time_us(dev, iters, [&] {
+  auto step = [&] {
     auto x = x0;
     for (int64_t l = 0; l < s.layers; ++l) {
       auto qkv = at::matmul(bench::rms_norm(x, w.norm), w.qkv);
@@ -271,7 +282,8 @@ double decode_step_us(const Method& m, const ModelShape& s, const bench::RandomW
       x = x + bench::mlp(bench::rms_norm(x, w.norm), w, s);
     }
     (void)at::matmul(x, w.lm_head).argmax(-1);
-  });
+  };
+  return {time_us(dev, iters, step), graph_time_us(dev, iters, step, 1)};
 }
 
 }  // namespace
@@ -293,6 +305,10 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       "attn_us: median of {} samples of a CUDA graph replaying {} calls (device time; eager where capture fails, "
       "see rows' attn_timing); attn_eager_us: {} back-to-back eager calls and one sync",
       opt.iters, kAttnInner, kAttnInner);
+  out["decode_timing"] = fmt::format(
+      "decode_step_us: median of {} replays of one decode step captured as a CUDA graph (eager where capture "
+      "fails, see rows' decode_timing), plus the amortized append; decode_step_eager_us: the step launched eagerly",
+      std::max(3, opt.iters / 4));
   {  // copy bandwidth of the device: read + write bytes per second (2 GiB buffers; 64 MiB on CPU)
     auto a = at::empty({int64_t(1) << (dev.is_cuda() ? 29 : 24)}, bopt.dtype(at::kFloat)), b = at::empty_like(a);
     double us = time_us(dev, opt.iters, [&] { b.copy_(a); }, 4);
@@ -333,7 +349,7 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
     row["attn_eager_speedup_vs_sdpa"] = base_eager / row["attn_eager_us"].get<double>();
     if (m.kind == Kind::Packed) {  // appending: quantize one group of new tokens, amortized per token
       auto fresh = at::randn({B, s.kv_heads, m.group, s.head_dim}, bopt);
-      double qus = time_us(
+      double qus = device_time_us(
           dev, opt.iters,
           [&] {
             (void)kernels::quantize_pack(fresh, m.kbits, m.group, true);
@@ -343,7 +359,7 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       row["append_us_per_token_per_layer"] = qus / m.group;
     } else if (m.kind == Kind::Int8) {  // each step one token leaves the window for the int8 body
       auto fresh = at::randn({B, s.kv_heads, 1, s.head_dim}, bopt);
-      row["append_us_per_token_per_layer"] = time_us(
+      row["append_us_per_token_per_layer"] = device_time_us(
           dev, opt.iters,
           [&] {
             (void)kvx::int8_quantize(fresh);
@@ -356,9 +372,14 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& opt) {
       std::vector<LayerCache> caches;
       caches.push_back(std::move(c));
       for (int64_t l = 1; l < s.layers; ++l) caches.push_back(make_cache(m, s, B, T, opt.residual, dev));
-      double step = decode_step_us(m, s, w, caches, B, dev, std::max(3, opt.iters / 4), fused_dense);
-      if (row.contains("append_us_per_token_per_layer"))
-        step += row["append_us_per_token_per_layer"].get<double>() * s.layers;  // amortized flush cost
+      const auto [eager, graph] = decode_step_us(m, s, w, caches, B, dev, std::max(3, opt.iters / 4), fused_dense);
+      // amortized flush cost
+      const double append = row.contains("append_us_per_token_per_layer")
+                                ? row["append_us_per_token_per_layer"].get<double>() * s.layers
+                                : 0.0;
+      const double step = (graph > 0 ? graph : eager) + append;
+      row["decode_timing"] = graph > 0 ? "cuda-graph" : "eager";
+      row["decode_step_eager_us"] = eager + append;
       row["decode_step_us"] = step;
       row["decode_tok_s"] = double(B) / step * 1e6;
       if (m.label == "fp16-sdpa") base_step = step;

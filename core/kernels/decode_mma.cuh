@@ -68,18 +68,24 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
   return r;
 }
 
-template <int N>
-__device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
+// N words at p (16-byte aligned for N >= 4, 8 for N = 2): from global memory through the read-only
+// cache (GLOBAL), or from shared memory.
+template <bool GLOBAL, int N>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[N]) {
+  auto load = [](const auto* x) {
+    if constexpr (GLOBAL) return __ldg(x);
+    else return *x;
+  };
   if constexpr (N == 1) {
-    w[0] = __ldg(p);
+    w[0] = load(p);
   } else if constexpr (N == 2) {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 v = load(reinterpret_cast<const uint2*>(p));
     w[0] = v.x;
     w[1] = v.y;
   } else {
 #pragma unroll
     for (int i = 0; i < N / 4; ++i) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      const uint4 v = load(reinterpret_cast<const uint4*>(p) + i);
       w[4 * i] = v.x;
       w[4 * i + 1] = v.y;
       w[4 * i + 2] = v.z;
@@ -87,26 +93,13 @@ __device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
     }
   }
 }
-
-// N words from shared memory (16-byte aligned for N >= 4, 8 for N = 2).
+template <int N>
+__device__ __forceinline__ void ldg_words(const uint32_t* p, uint32_t (&w)[N]) {
+  load_words<true>(p, w);
+}
 template <int N>
 __device__ __forceinline__ void lds_words(const uint32_t* p, uint32_t (&w)[N]) {
-  if constexpr (N == 1) {
-    w[0] = p[0];
-  } else if constexpr (N == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    w[0] = v.x;
-    w[1] = v.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < N / 4; ++i) {
-      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
-      w[4 * i] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  }
+  load_words<false>(p, w);
 }
 
 // 16 bytes global -> shared without registers (L2 only: the cache is streamed once).
@@ -131,20 +124,24 @@ struct KeyPair {
   __host__ __device__ static constexpr int lo(int p) { return word(p) * (32 / B) + src(p) * CPB + code(p); }
   __host__ __device__ static constexpr int hi(int p) { return word(p) * (32 / B) + (2 + src(p)) * CPB + code(p); }
 };
+// Pair p of consecutive channels (2p, 2p + 1): fp16 rows and stats as they lie in memory.
+struct NaturalPair {
+  __host__ __device__ static constexpr int lo(int p) { return 2 * p; }
+  __host__ __device__ static constexpr int hi(int p) { return 2 * p + 1; }
+};
 
 // A lane's 16 query pairs sit in qf_s in quad order (pairs 4i, 4i+2, 4i+1, 4i+3 in words 4i..4i+3):
-// a 16-byte load is then the A fragment {rows g, g+8} x {k-step 2i, 2i+1} of the query as the A side
-// of a column product (the packed kernel's group constants), with no register moves.
+// a 16-byte load is then the A fragment of a column product over the lane's query (rows g: pairs 4i,
+// 4i+1; rows g+8: 4i+2, 4i+3; the packed kernel's group constants), with no register moves.
 __host__ __device__ constexpr int quad_order(int j) { return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1); }
 
 // The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[h][32t +
-// lo], q[h][32t + hi]) for pair pp of KeyPair<BK>, with column g holding head h = g % nh (nh = 8,
-// or fewer when the columns repeat the heads once per value group), zeros for heads past nrep.
-// Ends with a barrier.
-template <int BK>
+// lo], q[h][32t + hi]) for pair pp of the pairing KP (KeyPair<B> or NaturalPair), with column g
+// holding head h = g % nh (nh = 8, or fewer when the columns repeat the heads once per value group),
+// zeros for heads past nrep. Ends with a barrier.
+template <class KP>
 __device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void* q, int q_type, int64_t q_bs, int b,
                                             int hkv, int nrep, int nh) {
-  using KP = KeyPair<BK>;
   for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
     const int ln = i / 16, pp = i % 16, hh = (ln >> 2) % nh, tt = ln & 3;
     float qa = 0.f, qb = 0.f;
@@ -226,33 +223,40 @@ __device__ __forceinline__ float column_value(const float (&x)[4], int c) {
   return __shfl_sync(kFullMask, x[0] + x[2], 4 * c);
 }
 
-// Online softmax over a tile's scores Sᵀ (log2 domain): s[bb][e] is token 16bb + g (e < 2) or
-// 16bb + 8 + g (e >= 2), column 2t + (e & 1); the 8 lanes with the same t hold a column's 32 tokens.
-// Every tile holds valid tokens, so the running max is finite after the first tile and
-// exp2(-inf) = 0 resets. Returns P as the value mma's B fragments (transposed per 8x8 block) and
-// adds it to cs.l; the column sums (cs.s, cs.m too with FOLD) rescale with the outputs.
+// The running max of a column may trail its scores by this much (log2 domain), so that a tile within
+// it skips the max reduction across lanes and the rescale. Probabilities stay <= 16: times a value
+// scale (FOLD) still far inside fp16.
+constexpr float kMaxSlack = 4.f;
+
+// Online softmax over a tile's scores Sᵀ in the log2 domain, score = d·scale + off[column] (scale >
+// 0): d[bb][e] is token 16bb + g (e < 2) or 16bb + 8 + g (e >= 2), column 2t + (e & 1); the 8 lanes
+// with the same t hold a column's 32 tokens. The running max m_run moves (to the column's max) only
+// when some score exceeds it by more than kMaxSlack; every tile holds valid tokens, so the first
+// one sets it, and exp2(-inf) = 0 resets. Returns P = 2^(score - m_run) as the value mma's B
+// fragments (transposed per 8x8 block) and adds it to cs.l; the column sums (cs.s, cs.m too with
+// FOLD) rescale with the outputs.
 template <bool FOLD>
-__device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t (&pb)[4], float (&m_run)[2],
-                                               ColumnSums& cs, float (&acc)[8][4]) {
-  float m_new[2], corr[2];
+__device__ __forceinline__ void online_softmax(const float (&d)[2][4], float scale, const float (&off)[2],
+                                               uint32_t (&pb)[4], float (&m_run)[2], ColumnSums& cs,
+                                               float (&acc)[8][4]) {
+  float top[2];
+  bool over = false;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float tmax = fmaxf(fmaxf(s[0][h], s[0][h + 2]), fmaxf(s[1][h], s[1][h + 2]));
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, o));
-    m_new[h] = fmaxf(m_run[h], tmax);
-    corr[h] = fast_exp2(m_run[h] - m_new[h]);
+    top[h] = fmaf(fmaxf(fmaxf(d[0][h], d[0][h + 2]), fmaxf(d[1][h], d[1][h + 2])), scale, off[h]);
+    over |= top[h] > m_run[h] + kMaxSlack;
   }
+  if (__any_sync(kFullMask, over)) {
+    float corr[2];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int bb = i / 2, e = 2 * (i % 2);
-    pb[i] = transpose8x8(h2u(__floats2half2_rn(fast_exp2(s[bb][e] - m_new[0]), fast_exp2(s[bb][e + 1] - m_new[1]))));
-  }
-  const bool grew = m_new[0] > m_run[0] || m_new[1] > m_run[1];
-  m_run[0] = m_new[0];
-  m_run[1] = m_new[1];
-  // Late in a long context the max rarely moves: skip the rescale when no column's max did.
-  if (__any_sync(kFullMask, grew)) {
+    for (int h = 0; h < 2; ++h) {
+      float tmax = top[h];
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, o));
+      const float m_new = fmaxf(m_run[h], tmax);
+      corr[h] = fast_exp2(m_run[h] - m_new);
+      m_run[h] = m_new;
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -270,19 +274,24 @@ __device__ __forceinline__ void online_softmax(const float (&s)[2][4], uint32_t 
       }
     }
   }
+  const float o0 = off[0] - m_run[0], o1 = off[1] - m_run[1];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int bb = i / 2, e = 2 * (i % 2);
+    pb[i] = transpose8x8(h2u(__floats2half2_rn(fast_exp2(fmaf(d[bb][e], scale, o0)), fast_exp2(fmaf(d[bb][e + 1], scale, o1)))));
+  }
   column_total(cs.l, pb[0], pb[1], pb[2], pb[3]);
 }
 
-// One 32-token tile r0.. of a full-precision segment, against the query fragments qf (KeyPair<BK>
-// pairing): scores, online softmax and values into the running state.
-template <int BK, bool FOLD>
+// One 32-token tile r0.. of a full-precision segment, against the query fragments qf (paired as
+// KP says): scores, online softmax and values into the running state.
+template <class KP, bool FOLD>
 __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh, int r0, const uint32_t (&qf)[16],
                                                   float scale_log2, float (&m_run)[2], ColumnSums& cs,
                                                   float (&acc)[8][4]) {
-  using KP = KeyPair<BK>;
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int64_t k_off = bh * sg.k_bh, v_off = bh * sg.v_bh;
-  float s[2][4];
+  float s[2][4];  // raw q·k, -inf past the segment's end
 #pragma unroll
   for (int bb = 0; bb < 2; ++bb) {
     uint32_t k0[16], k1[16];  // tokens r0 + 16bb + g and + 8, channels 32t..32t+31
@@ -296,10 +305,11 @@ __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh
     KVX_RSTEP(0) KVX_RSTEP(1) KVX_RSTEP(2) KVX_RSTEP(3) KVX_RSTEP(4) KVX_RSTEP(5) KVX_RSTEP(6) KVX_RSTEP(7)
 #undef KVX_RSTEP
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < sg.R ? d[e] * scale_log2 : -INFINITY;
+    for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < sg.R ? d[e] : -INFINITY;
   }
   uint32_t pb[4];
-  online_softmax<FOLD>(s, pb, m_run, cs, acc);
+  const float no_offset[2] = {0.f, 0.f};
+  online_softmax<FOLD>(s, scale_log2, no_offset, pb, m_run, cs, acc);
 #pragma unroll
   for (int v = 0; v < 2; ++v) {
     uint32_t w[4][8];  // tokens r0 + 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15

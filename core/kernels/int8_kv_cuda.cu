@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  stage_query<8>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, 8);
+  stage_query<KP>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, 8);
   uint32_t qf[16];
   load_query(qf_s, qf);
   // -1152·Σ_c q_c per head (columns 2t, 2t + 1), with the fp16 q the scores use
@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
         for (int e = 0; e < 4; ++e)
           if (t0 + 16 * bb + g + 8 * (e >> 1) >= we) s[bb][e] = -INFINITY;
     uint32_t pb[4];
-    online_softmax<true>(s, pb, m_run, cs, acc);
+    const float no_offset[2] = {0.f, 0.f};  // s is the score: the key scale varies per token
+    online_softmax<true>(s, 1.f, no_offset, pb, m_run, cs, acc);
     // ---- values: A = 1152 + code, B = P·scale; Σ B for the bias
 #pragma unroll
     for (int i = 0; i < 4; ++i) pb[i] = h2u(__hmul2(u2h(pb[i]), u2h(vs2[i / 2][i % 2])));
@@ -172,7 +173,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
 #pragma unroll
     for (int sgi = 0; sgi < 2; ++sgi)
       for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
-        attend_dense_tile<8, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, cs, acc);
+        attend_dense_tile<KP, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, cs, acc);
   store_split(merge, m_run, cs, acc, nrep, 8, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
 }
 
