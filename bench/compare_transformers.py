@@ -104,20 +104,28 @@ def main():
     if a.json:
         json.dump(res, open(a.json, "w"), indent=1)
 
-    def side_by_side(path, key, hf, what):
+    def side_by_side(path, key, hf, what, eager_step_key=None):
+        """kvx's tok/s against transformers'; with eager_step_key also kvx's eagerly launched step
+        (transformers runs eagerly; kvx's decode_tok_s is a CUDA-graph replay)."""
         if not path:
             return
         kvx = json.load(open(path))
         print(f"\n{what}: kvx vs transformers ({hf:.1f} tok/s)")
-        print(f"{'method':<22}{'kvx tok/s':>12}{'x transformers':>16}")
+        eager_head = f"{'kvx eager':>12}{'x transformers':>16}" if eager_step_key else ""
+        print(f"{'method':<22}{'kvx tok/s':>12}{'x transformers':>16}{eager_head}")
         for row in kvx["rows"]:
             if key in row:
-                print(f"{row.get('label', row['method']):<22}{row[key]:>12.1f}{row[key] / hf:>16.2f}")
+                line = f"{row.get('label', row['method']):<22}{row[key]:>12.1f}{row[key] / hf:>16.2f}"
+                if eager_step_key and eager_step_key in row:
+                    eager = kvx["batch"] / row[eager_step_key] * 1e6
+                    line += f"{eager:>12.1f}{eager / hf:>16.2f}"
+                print(line)
 
     side_by_side(a.kvx_prefill, "tokens_per_s", res["prefill_tok_s"], f"prefill ({a.prefill_tokens} tokens)")
     side_by_side(a.kvx_eval, "tokens_per_s", res["eval_chunked_tok_s"], f"eval (chunks of {a.chunk})")
     if "decode_tok_s" in res:
-        side_by_side(a.kvx_decode, "decode_tok_s", res["decode_tok_s"], f"decode (batch {a.batch}, context {a.context})")
+        side_by_side(a.kvx_decode, "decode_tok_s", res["decode_tok_s"], f"decode (batch {a.batch}, context {a.context})",
+                     "decode_step_eager_us")
 
 
 def decode_tok_s(model, cfg, a, last_logits):

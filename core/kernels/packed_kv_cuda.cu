@@ -343,7 +343,7 @@ struct TileCopier {
     kmeta = reinterpret_cast<const char*>((lane < 16 ? p.ks : p.km) + bh * p.ks_bh + int64_t(wb / p.gk) * kD) + 16 * (lane % 16);
   }
   // dst: the stage's shared address plus 16·lane. The pointers move first and the copies read
-  // behind them, so that each pointer stays in its register pair (no copies to free it).
+  // behind them (copying first, ptxas moved each pointer to a fresh register pair every tile).
   __device__ void copy(uint32_t dst, int vg, bool group_start) {
     k += 512 * BK;
     v += 512 * BV;
