@@ -106,6 +106,12 @@ __device__ __forceinline__ void lds_words(const uint32_t* p, uint32_t (&w)[N]) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
+// ... where `on` holds: a predicated copy, no branch.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool on) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst),
+      "l"(src), "r"(int(on)));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most N of this thread's groups are in flight.
 template <int N>
@@ -134,23 +140,38 @@ struct NaturalPair {
 // a 16-byte load is then the A fragment of a column product over the lane's query (rows g: pairs 4i,
 // 4i+1; rows g+8: 4i+2, 4i+3; the packed kernel's group constants), with no register moves.
 __host__ __device__ constexpr int quad_order(int j) { return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1); }
+// Word of lane ln's row of qf_s that holds its word w: the 16-byte chunks swap by (ln / 2) % 4, so
+// that the 16-byte loads of 8 lanes (rows 64 bytes apart) fall in 8 different bank quads.
+__host__ __device__ constexpr int query_word(int ln, int w) { return (w ^ (((ln >> 1) & 3) << 2)); }
+
+// Whether pairs 2w and 2w + 1 of the pairing KP take channels 4w + (those of pairs 0 and 1, all
+// within 0..3): a quad of query channels then fills both, the same way for every quad.
+template <class KP>
+__host__ __device__ constexpr bool pairs_repeat_per_quad() {
+  for (int w = 0; w < 8; ++w)
+    for (int pl = 0; pl < 2; ++pl)
+      if (KP::lo(pl) > 3 || KP::hi(pl) > 3 || KP::lo(2 * w + pl) != 4 * w + KP::lo(pl) ||
+          KP::hi(2 * w + pl) != 4 * w + KP::hi(pl))
+        return false;
+  return true;
+}
 
 // The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[h][32t +
-// lo], q[h][32t + hi]) for pair pp of the pairing KP (KeyPair<B> or NaturalPair), with column g
+// lo], q[h][32t + hi]) for pair pp of the pairing KP (NaturalPair or KeyPair<8>), with column g
 // holding head h = g % nh (nh = 8, or fewer when the columns repeat the heads once per value group),
-// zeros for heads past nrep. Ends with a barrier.
+// zeros for heads past nrep. A thread takes a quad of channels of one column (its pairs 2w, 2w + 1).
+// Ends with a barrier.
 template <class KP>
 __device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void* q, int q_type, int64_t q_bs, int b,
                                             int hkv, int nrep, int nh) {
-  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) {
-    const int ln = i / 16, pp = i % 16, hh = (ln >> 2) % nh, tt = ln & 3;
-    float qa = 0.f, qb = 0.f;
-    if (hh < nrep) {
-      const int64_t row = (int64_t(hkv) * nrep + hh) * kD + 32 * tt;
-      qa = load_q(q, q_type, q_bs, b, row + KP::lo(pp));
-      qb = load_q(q, q_type, q_bs, b, row + KP::hi(pp));
-    }
-    qf_s[ln][quad_order(pp)] = h2u(__floats2half2_rn(qa, qb));
+  static_assert(pairs_repeat_per_quad<KP>(), "stage_query reads the query a channel quad at a time");
+  for (int i = threadIdx.x; i < 8 * kD / 4; i += blockDim.x) {
+    const int g = i / (kD / 4), quad = i % (kD / 4), hh = g % nh, ln = 4 * g + quad / 8, w = quad % 8;
+    float x[4] = {0.f, 0.f, 0.f, 0.f};
+    if (hh < nrep) load_q_run(q, q_type, int64_t(b) * q_bs + (int64_t(hkv) * nrep + hh) * kD + 4 * quad, x);
+#pragma unroll
+    for (int pl = 0; pl < 2; ++pl)
+      qf_s[ln][query_word(ln, quad_order(2 * w + pl))] = h2u(__floats2half2_rn(x[KP::lo(pl)], x[KP::hi(pl)]));
   }
   __syncthreads();
 }
@@ -158,7 +179,14 @@ __device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void
 // This lane's query fragments from stage_query's qf_s (qf[2S], qf[2S + 1]: k-step S).
 __device__ __forceinline__ void load_query(const uint32_t (&qf_s)[32][16], uint32_t (&qf)[16]) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j) qf[j] = qf_s[threadIdx.x % 32][quad_order(j)];
+  for (int c = 0; c < 4; ++c) {  // chunk c of quad order: pairs 4c, 4c + 2, 4c + 1, 4c + 3
+    const int ln = threadIdx.x % 32;
+    const uint4 x = *reinterpret_cast<const uint4*>(&qf_s[ln][query_word(ln, 4 * c)]);
+    qf[4 * c] = x.x;
+    qf[4 * c + 2] = x.y;
+    qf[4 * c + 1] = x.z;
+    qf[4 * c + 3] = x.w;
+  }
 }
 
 // half2 (h[lo], h[hi]) of an array of fp16 pairs.
@@ -329,8 +357,8 @@ __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh
   }
 }
 
-// Shared memory of the block merge.
-struct SplitMerge {
+// Shared memory of the block merge (16-byte aligned: the merge reads float4s of o).
+struct alignas(16) SplitMerge {
   float m[kFastWarps][8], l[kFastWarps][8];
   float o[kFastWarps][8][kD];
 };
@@ -367,19 +395,28 @@ __device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)
       }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < nrep * kD; i += blockDim.x) {
-    const int h = i / kD, d = i % kD;
+  // a thread merges a quad of channels of one head: the warps' factors once per quad, float4 moves
+  constexpr int kQuads = kD / 4;
+  for (int i = threadIdx.x; i < nrep * kQuads; i += blockDim.x) {
+    const int h = i / kQuads, d = 4 * (i % kQuads);
     float M = -INFINITY;
+#pragma unroll
     for (int w = 0; w < kFastWarps; ++w) M = fmaxf(M, sm.m[w][h]);
-    float L = 0.f, O = 0.f;
+    float L = 0.f;
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
     if (M != -INFINITY)
+#pragma unroll
       for (int w = 0; w < kFastWarps; ++w) {
         const float f = exp2f(sm.m[w][h] - M);
+        const float4 o = *reinterpret_cast<const float4*>(&sm.o[w][h][d]);
         L += sm.l[w][h] * f;
-        O += sm.o[w][h][d] * f;
+        O.x += o.x * f;
+        O.y += o.y * f;
+        O.z += o.z * f;
+        O.w += o.w * f;
       }
     const int64_t slot = (int64_t(b) * Hq + int64_t(hkv) * nrep + h) * n_splits + split;
-    part_o[slot * kD + d] = O;
+    *reinterpret_cast<float4*>(part_o + slot * kD + d) = O;
     if (d == 0) {
       part_m[slot] = M;
       part_l[slot] = L;

@@ -326,12 +326,30 @@ __host__ __device__ constexpr int packed_stage_bytes(int bk, int bv, int vg) { r
 // Stages per warp: about 8-10 KB in flight, within 4 blocks per SM.
 __host__ __device__ constexpr int packed_stages(int bk, int bv) { return bk + bv <= 4 ? 4 : bk + bv <= 6 ? 3 : 2; }
 
+// A tile's value codes lie in the stage as 16-byte chunks n = token·BV + (chunk of the row), chunk n
+// at n ^ value_chunk_xor<BV>(n): a value load of a warp (tokens 2t + {0, 1} + 8·{0, 1}, channel
+// chunk by g) then hits every bank once; in row order the four t, rows 2·16·BV bytes apart, shared
+// banks (2-way conflicts at 2 bits, 4-way at 4 and 8). The XOR depends on token bits 1-2 only.
+template <int BV>
+__host__ __device__ constexpr int value_chunk_xor(int n) {
+  const int tok = n / BV;
+  return BV == 2 ? 2 * ((tok >> 2) & 1) : BV == 4 ? 4 * ((tok >> 1) & 1) + 2 * ((tok >> 2) & 1) : 2 * ((tok >> 1) & 3);
+}
+
 // One lane's share of the cp.async copies of a warp's tiles, a tile at a time.
 template <int BK, int BV>
 struct TileCopier {
   const char *k, *v, *meta0, *meta1, *kmeta;
   int n_meta;  // 16-byte chunks of value scales and mins this lane copies (0..2)
+  // where this lane's value chunk of 512-byte block i goes, less where it would go unswizzled
+  // (the same for every block at BV <= 4; by the block's parity at 8)
+  int vdelta[BV == 8 ? 2 : 1];
   __device__ TileCopier(const PackedParams& p, int64_t bh, int wb, int vg, int lane) {
+#pragma unroll
+    for (int i = 0; i < (BV == 8 ? 2 : 1); ++i) {
+      const int n = 32 * i + lane;
+      vdelta[i] = 16 * ((n ^ value_chunk_xor<BV>(n)) - n);
+    }
     k = reinterpret_cast<const char*>(p.k + bh * p.k_bh + int64_t(wb) * 4 * BK) + 16 * lane;
     v = reinterpret_cast<const char*>(p.v + bh * p.v_bh + int64_t(wb) * 4 * BV) + 16 * lane;
     const int mc = 4 * vg;  // chunks of a tile's scales, as many of its mins
@@ -342,25 +360,24 @@ struct TileCopier {
     n_meta = (lane < 2 * mc) + (lane + 32 < 2 * mc);
     kmeta = reinterpret_cast<const char*>((lane < 16 ? p.ks : p.km) + bh * p.ks_bh + int64_t(wb / p.gk) * kD) + 16 * (lane % 16);
   }
-  // dst: the stage's shared address plus 16·lane. The pointers move first and the copies read
-  // behind them (copying first, ptxas moved each pointer to a fresh register pair every tile).
-  __device__ void copy(uint32_t dst, int vg, bool group_start) {
+  // dst: the stage's shared address plus 16·lane; `on`: the tile lies in the warp's range (else the
+  // pointers move and nothing is read). The pointers move first and the copies read behind them
+  // (copying first, ptxas moved each pointer to a fresh register pair every tile).
+  __device__ void copy(uint32_t dst, int vg, bool group_start, bool on) {
     k += 512 * BK;
     v += 512 * BV;
     meta0 += 64 * vg;
     meta1 += 64 * vg;
 #pragma unroll
-    for (int i = 0; i < BK; ++i) cp_async16(dst + 512 * i, k + 512 * (i - BK));
+    for (int i = 0; i < BK; ++i) cp_async16(dst + 512 * i, k + 512 * (i - BK), on);
     dst += 512 * BK;
 #pragma unroll
-    for (int i = 0; i < BV; ++i) cp_async16(dst + 512 * i, v + 512 * (i - BV));
+    for (int i = 0; i < BV; ++i) cp_async16(dst + 512 * i + vdelta[BV == 8 ? i & 1 : 0], v + 512 * (i - BV), on);
     dst += 512 * BV;
-    if (n_meta > 0) cp_async16(dst, meta0 - 64 * vg);
-    if (n_meta > 1) cp_async16(dst + 512, meta1 - 64 * vg);
-    if (group_start) {
-      kmeta += 2 * kD;
-      cp_async16(dst + 128 * vg, kmeta - 2 * kD);
-    }
+    cp_async16(dst, meta0 - 64 * vg, on && n_meta > 0);
+    cp_async16(dst + 512, meta1 - 64 * vg, on && n_meta > 1);
+    cp_async16(dst + 128 * vg, kmeta, on && group_start);
+    if (group_start) kmeta += 2 * kD;
   }
 };
 
@@ -369,11 +386,22 @@ template <int BK>
 __device__ __forceinline__ void load_tile_keys(const uint32_t* kb, int blk, int g, int t, uint32_t (&w)[BK]) {
   lds_words(kb + (g + 8 * blk) * 4 * BK + t * BK, w);
 }
+// Word offsets in a tile's value codes of this lane's words of tokens 2t and 2t + 1 (channels
+// 16g..16g+15), swizzled as value_chunk_xor says; tokens 16v + 8h later are whole chunks further.
+template <int BV>
+__device__ __forceinline__ void value_word_offsets(int g, int t, int (&off)[2]) {
+  constexpr int VW = BV / 2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int n = (2 * t + r) * BV + g * VW / 4;
+    off[r] = 4 * (n ^ value_chunk_xor<BV>(n)) + g * VW % 4;
+  }
+}
 // Value words of step v of a tile: tokens 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15.
 template <int BV>
-__device__ __forceinline__ void load_value_words(const uint32_t* vb, int v, int g, int t, uint32_t (&w)[4][BV / 2]) {
+__device__ __forceinline__ void load_value_words(const uint32_t* vb, int v, const int (&off)[2], uint32_t (&w)[4][BV / 2]) {
 #pragma unroll
-  for (int r = 0; r < 4; ++r) lds_words(vb + (16 * v + 2 * t + (r & 1) + 8 * (r >> 1)) * 4 * BV + g * (BV / 2), w[r]);
+  for (int r = 0; r < 4; ++r) lds_words(vb + (16 * v + 8 * (r >> 1)) * 4 * BV + off[r & 1], w[r]);
 }
 // Scales and mins of value group vgi of the token pairs (2t, 2t+1), (2t+8, 2t+9) of step v, as fp16 pairs.
 template <int NG>
@@ -424,16 +452,18 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
   const int n_tiles = max(0, min(p.T - wb, tpw) / kFastTile);
 
+  int voff[2];
+  value_word_offsets<BV>(g, t, voff);
   const int sb = packed_stage_bytes(BK, BV, vg);
   unsigned char* ring = stages + warp * S * sb;
   const uint32_t ring_lane = uint32_t(__cvta_generic_to_shared(ring)) + 16 * lane;  // this lane's copy target
   TileCopier<BK, BV> copier(p, bh, wb, vg, lane);
-  // tile of the current key group the next copy / the next tile is (the first always starts one)
-  int cpos = (wb % p.gk) >> 5, gpos = cpos;
+  // Tile i of the warp starts a key group where the group's first token is the tile's (key groups
+  // are 2^n tiles, host-checked), and tile 0 takes the stats of the group it is in.
+  const int gmask = p.gk / kFastTile - 1, tile0 = wb / kFastTile;
 #pragma unroll
   for (int i = 0; i < S - 1; ++i) {
-    if (i < n_tiles) copier.copy(ring_lane + i * sb, vg, i == 0 || cpos == 0);
-    cpos = cpos + 1 == (p.gk >> 5) ? 0 : cpos + 1;
+    copier.copy(ring_lane + i * sb, vg, i == 0 || ((tile0 + i) & gmask) == 0, i < n_tiles);
     cp_async_commit();
   }
 
@@ -455,8 +485,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   for (int i = 0; i < n_tiles; ++i) {
     cp_async_wait<S - 2>();  // tile i has landed (this lane's part; after the barrier everyone's)
     __syncwarp();            // ... and every lane is done with tile i - 1, whose stage is refilled now
-    if (i + S - 1 < n_tiles) copier.copy(ring_lane + write_off, vg, cpos == 0);
-    cpos = cpos + 1 == (p.gk >> 5) ? 0 : cpos + 1;
+    copier.copy(ring_lane + write_off, vg, ((tile0 + i + S - 1) & gmask) == 0, i + S - 1 < n_tiles);
     cp_async_commit();
     const uint32_t* kb = reinterpret_cast<const uint32_t*>(ring + read_off);
     const uint32_t* vb = kb + 128 * BK;
@@ -471,9 +500,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     uint32_t vs2[2][2], vm2[2][2];  // value scales and mins of pairs (2t, 2t+1), (2t+8, 2t+9), group vgi
 
     // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
-    const bool group_start = i == 0 || gpos == 0;
-    gpos = gpos + 1 == (p.gk >> 5) ? 0 : gpos + 1;
-    if (group_start) {
+    if (i == 0 || ((tile0 + i) & gmask) == 0) {
       // natural pairs (channels 2j, 2j + 1 of the lane's 32): the query, the scales as they lie in the
       // stage, and the mins of the pairs 4i + 2(g & 1), 4i + 2(g & 1) + 1 (this lane's B column below)
       uint32_t qn[16], sv[16], mv[4][2];
@@ -535,7 +562,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     // ---- values: Oᵀ[16g + jj, col] over the 16 tokens of step v
 #pragma unroll
     for (int v = 0; v < 2; ++v) {
-      load_value_words<BV>(vb, v, g, t, vw[v]);
+      load_value_words<BV>(vb, v, voff, vw[v]);
       const uint32_t b0 = pb[2 * v], b1 = pb[2 * v + 1];
       uint32_t x01[16], x89[16];
 #pragma unroll
@@ -759,8 +786,9 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   const int vg = Tq > 0 ? int(kD / v->group) : 1;
   const int ng = vg == 1 ? 1 : (vg == 2 && nrep <= 4 ? 2 : 0);
   if (Tq > 0) {
-    if (k->group % kFastTile != 0 || !k->per_channel || v->per_channel || v->group % 16 != 0)
-      throw error("fused decode attention: needs per-channel keys with group % 32 == 0 and per-token values");
+    if (k->group % kFastTile != 0 || (k->group & (k->group - 1)) != 0 || !k->per_channel || v->per_channel ||
+        v->group % 16 != 0)
+      throw error("fused decode attention: needs per-channel keys in groups of 32·2^n tokens and per-token values");
     if (nrep > 8) throw error("fused decode attention: GQA ratio {} > 8 is not supported", nrep);
     if (k->codes.size(1) != Hkv || v->codes.size(2) != Tq || k->codes.size(3) != kD * k->bits / 32 ||
         v->codes.size(3) != kD * v->bits / 32)
@@ -793,13 +821,16 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   base.n_splits_total = total;
 
   if (n_q > 0) {
-    // cp.async moves 16-byte chunks: contiguous tensors on 16-byte boundaries (a fresh copy otherwise)
-    auto cont = [](const at::Tensor& x) {
-      const bool ok = x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-      return ok ? x : x.clone(at::MemoryFormat::Contiguous);
+    // cp.async moves 16-byte chunks: contiguous tensors on 16-byte boundaries, as quantize_pack and
+    // concat return them (a copy here would be made again on every decode step)
+    auto cont = [](const at::Tensor& x, const char* what) {
+      if (!x.is_contiguous() || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0)
+        throw error("fused decode attention: packed {} must be contiguous and 16-byte aligned (as quantize_pack and "
+                    "concat return them)", what);
+      return x;
     };
-    const auto kc = cont(k->codes), ksc = cont(k->scale), kmn = cont(k->minv);
-    const auto vc = cont(v->codes), vsc = cont(v->scale), vmn = cont(v->minv);
+    const auto kc = cont(k->codes, "key codes"), ksc = cont(k->scale, "key scales"), kmn = cont(k->minv, "key mins");
+    const auto vc = cont(v->codes, "value codes"), vsc = cont(v->scale, "value scales"), vmn = cont(v->minv, "value mins");
     PackedParams p{};
     p.q = base.q;
     p.q_bs = base.q_bs;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "core/kernels/packed_kv.h"
 
@@ -203,6 +204,21 @@ float fused_vs_ref(int B, int Hkv, int rep, int T, int R, int bk, int bv, int gk
 }
 
 }  // namespace
+
+// The kernel copies packed tensors in 16-byte chunks as they lie: a strided view is refused (it
+// would otherwise need a copy on every decode step), naming what is wrong.
+TEST(PackedKVCuda, FusedAttentionRefusesStridedPacking) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto k = kk::quantize_pack(at::randn({2, 2, 64, 128}).cuda(), 2, 32, true);
+  auto v = kk::quantize_pack(at::randn({2, 2, 64, 128}).cuda(), 2, 32, false);
+  k.codes = k.codes.transpose(0, 1).contiguous().transpose(0, 1);  // same values, strided
+  try {
+    kk::decode_attention(at::randn({2, 8, 128}).cuda(), k, v, at::Tensor(), at::Tensor(), 0.1);
+    ADD_FAILURE() << "a strided packed tensor was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("packed key codes must be contiguous"), std::string::npos) << e.what();
+  }
+}
 
 // Long contexts: many splits, many tiles per warp, value groups != key groups.
 TEST(PackedKVCuda, FusedAttentionLongContext) {
