@@ -102,11 +102,8 @@ __device__ __forceinline__ void lds_words(const uint32_t* p, uint32_t (&w)[N]) {
   load_words<false>(p, w);
 }
 
-// 16 bytes global -> shared without registers (L2 only: the cache is streamed once).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-// ... where `on` holds: a predicated copy, no branch.
+// 16 bytes global -> shared without registers (L2 only: the cache is streamed once), where `on`
+// holds: a predicated copy, no branch.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool on) {
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst),

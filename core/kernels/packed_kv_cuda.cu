@@ -461,9 +461,10 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   // Tile i of the warp starts a key group where the group's first token is the tile's (key groups
   // are 2^n tiles, host-checked), and tile 0 takes the stats of the group it is in.
   const int gmask = p.gk / kFastTile - 1, tile0 = wb / kFastTile;
+  auto starts_group = [=](int i) { return i == 0 || ((tile0 + i) & gmask) == 0; };
 #pragma unroll
   for (int i = 0; i < S - 1; ++i) {
-    copier.copy(ring_lane + i * sb, vg, i == 0 || ((tile0 + i) & gmask) == 0, i < n_tiles);
+    copier.copy(ring_lane + i * sb, vg, starts_group(i), i < n_tiles);
     cp_async_commit();
   }
 
@@ -485,7 +486,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   for (int i = 0; i < n_tiles; ++i) {
     cp_async_wait<S - 2>();  // tile i has landed (this lane's part; after the barrier everyone's)
     __syncwarp();            // ... and every lane is done with tile i - 1, whose stage is refilled now
-    copier.copy(ring_lane + write_off, vg, ((tile0 + i + S - 1) & gmask) == 0, i + S - 1 < n_tiles);
+    copier.copy(ring_lane + write_off, vg, ((tile0 + i + S - 1) & gmask) == 0, i + S - 1 < n_tiles);  // never tile 0
     cp_async_commit();
     const uint32_t* kb = reinterpret_cast<const uint32_t*>(ring + read_off);
     const uint32_t* vb = kb + 128 * BK;
@@ -500,7 +501,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     uint32_t vs2[2][2], vm2[2][2];  // value scales and mins of pairs (2t, 2t+1), (2t+8, 2t+9), group vgi
 
     // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
-    if (i == 0 || ((tile0 + i) & gmask) == 0) {
+    if (starts_group(i)) {
       // natural pairs (channels 2j, 2j + 1 of the lane's 32): the query, the scales as they lie in the
       // stage, and the mins of the pairs 4i + 2(g & 1), 4i + 2(g & 1) + 1 (this lane's B column below)
       uint32_t qn[16], sv[16], mv[4][2];
