@@ -35,21 +35,20 @@ __device__ __forceinline__ void load_q_run(const void* q, int type, int64_t at, 
     for (int j = 0; j < N; ++j) x[j] = p[j];
   }
 }
-// Element i of a [B, Hq, D] query with batch stride qb (elements).
-__device__ __forceinline__ float load_q(const void* q, int type, int64_t qb, int b, int64_t i) {
-  float x[1];
-  load_q_run(q, type, int64_t(b) * qb + i, x);
-  return x[0];
-}
 
 __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
   return x;
 }
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
-  return x;
-}
+
+// Where a split-K launch puts every split's partials for combine_kernel: part_o [B, Hq, n_splits,
+// kD], part_m and part_l [B, Hq, n_splits].
+struct SplitOutput {
+  float* part_o;
+  float* part_m;
+  float* part_l;
+  int n_splits;
+};
 
 // One block per (b, query head): out[bq, :] = Σ_s O_s·2^(M_s - M) / Σ_s L_s·2^(M_s - M). The split
 // loops are unrolled so that their loads are in flight together (one at a time, 8 splits took 5 µs).

@@ -238,14 +238,28 @@ __device__ __forceinline__ float fast_exp2(float x) {
 __device__ __forceinline__ void column_total(float (&d)[4], uint32_t f0, uint32_t f1, uint32_t f2, uint32_t f3) {
   mma16816(d, f0, f1, f2, f3, kOnex2, kOnex2);
 }
-// Running column sums of a warp (column_total layout): l = Σ P (the softmax denominators, from the
-// same fp16 P the products use); with the value scale on P (FOLD), s = Σ P·scale and m = Σ P·min.
+// Per-column sums over tokens of P times a per-token weight w, in one mma (the fragments as in
+// column_total): B column n holds w of the tokens of rows g if n is even, of rows g + 8 if odd, so
+// D[g][n] + D[g + 8][n + 1] (n even) is column g's sum: x[0] + x[3] of the lanes t (the split
+// layout). w0, w1: w of the tokens of b0 and b1 for this lane's B column (g: the rows by g % 2).
+__device__ __forceinline__ void weighted_column_total(float (&d)[4], uint32_t f0, uint32_t f1, uint32_t f2, uint32_t f3,
+                                                      uint32_t w0, uint32_t w1) {
+  mma16816(d, f0, f1, f2, f3, w0, w1);
+}
+// Running column sums of a warp: l = Σ P (the softmax denominators, from the same fp16 P the
+// products use; column_total layout); with the value scale on P (FOLD), s = Σ P·scale (column_total
+// layout) and m = Σ P·min (split layout).
 struct ColumnSums {
   float l[4] = {0.f, 0.f, 0.f, 0.f}, s[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
 };
 // Sum x (column_total layout, x[0] + x[2] of column g) of column c, as the lanes holding it see it.
 __device__ __forceinline__ float column_value(const float (&x)[4], int c) {
   return __shfl_sync(kFullMask, x[0] + x[2], 4 * c);
+}
+// The same for the split layout (x[0] + x[3]), where the B columns' w depends on the column's value
+// group (columns of nh heads per group): from the lane t whose columns 2t, 2t + 1 are of c's group.
+__device__ __forceinline__ float split_column_value(const float (&x)[4], int c, int nh) {
+  return __shfl_sync(kFullMask, x[0] + x[3], 4 * c + c / nh * (nh / 2));
 }
 
 // The running max of a column may trail its scores by this much (log2 domain), so that a tile within
@@ -360,13 +374,11 @@ struct alignas(16) SplitMerge {
   float o[kFastWarps][8][kD];
 };
 
-// Merges the block's warps and writes split `split` of the partials ([B, Hq, n_splits, kD] O, [B, Hq,
-// n_splits] M and L) for the nrep query heads of KV head hkv. Column c of the accumulators is head
-// c % nh, valid for the channels of group c / nh (16g / (kD·nh/8) for lane g; nh = 8: one group).
-// Every thread of the block calls it.
+// Merges the block's warps and writes split `split` of the partials (out) for the nrep query heads
+// of KV head hkv. Column c of the accumulators is head c % nh, valid for the channels of group
+// c / nh (16g / (kD·nh/8) for lane g; nh = 8: one group). Every thread of the block calls it.
 __device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)[2], const ColumnSums& cs, const float (&acc)[8][4],
-                                            int nrep, int nh, int b, int hkv, int Hq, int n_splits, int split,
-                                            float* part_o, float* part_m, float* part_l) {
+                                            int nrep, int nh, int b, int hkv, int Hq, int split, const SplitOutput& out) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   bool ok[2];
   int head[2];
@@ -412,11 +424,11 @@ __device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)
         O.z += o.z * f;
         O.w += o.w * f;
       }
-    const int64_t slot = (int64_t(b) * Hq + int64_t(hkv) * nrep + h) * n_splits + split;
-    *reinterpret_cast<float4*>(part_o + slot * kD + d) = O;
+    const int64_t slot = (int64_t(b) * Hq + int64_t(hkv) * nrep + h) * out.n_splits + split;
+    *reinterpret_cast<float4*>(out.part_o + slot * kD + d) = O;
     if (d == 0) {
-      part_m[slot] = M;
-      part_l[slot] = L;
+      out.part_m[slot] = M;
+      out.part_l[slot] = L;
     }
   }
 }

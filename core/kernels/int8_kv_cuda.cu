@@ -15,8 +15,8 @@
 #include <cmath>
 
 #include "core/common/error.h"
-#include "core/kernels/decode_mma.cuh"
 #include "core/kernels/int8_kv.h"
+#include "core/kernels/split_launch.cuh"
 
 namespace kvx::kernels::cuda {
 namespace {
@@ -34,7 +34,7 @@ __device__ __forceinline__ uint32_t s8_pair(uint32_t y) {
 }
 
 struct Int8MmaParams {
-  const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q)
+  const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q_run)
   int64_t q_bs;
   int q_type;
   int Hq, Hkv, nrep;
@@ -45,11 +45,8 @@ struct Int8MmaParams {
   int N;
   DenseSeg tail[2];   // sinks, window (R = 0: absent)
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
-  int n_splits_total;
   float scale_log2;
-  float* part_o;
-  float* part_m;
-  float* part_l;
+  SplitOutput out;
 };
 
 __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8MmaParams p) {
@@ -174,16 +171,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
     for (int sgi = 0; sgi < 2; ++sgi)
       for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
         attend_dense_tile<KP, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, cs, acc);
-  store_split(merge, m_run, cs, acc, nrep, 8, b, hkv, p.Hq, p.n_splits_total, blockIdx.x, p.part_o, p.part_m, p.part_l);
-}
-
-int int8_blocks_per_sm() {
-  static int n = [] {
-    int r = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, int8_mma_kernel, kFastWarps * 32, 0));
-    return std::max(1, r);
-  }();
-  return n;
+  store_split(merge, m_run, cs, acc, nrep, 8, b, hkv, p.Hq, blockIdx.x, p.out);
 }
 
 // [B, Hkv, T, kD] with contiguous 16-byte-aligned rows (a narrowed token range of a larger buffer
@@ -209,17 +197,11 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   if (Hq % Hkv != 0) throw error("int8 decode attention: {} query heads do not group over {} KV heads", Hq, Hkv);
   if (Hq / Hkv > 8) throw error("int8 decode attention: GQA ratio {} > 8 is not supported", Hq / Hkv);
 
-  at::Tensor qc = q;
-  if (q.stride(2) != 1 || q.stride(1) != kD) qc = q.contiguous();
-  int q_type = 0;
-  if (qc.scalar_type() == at::kHalf) q_type = 1;
-  else if (qc.scalar_type() == at::kBFloat16) q_type = 2;
-  else if (qc.scalar_type() != at::kFloat) qc = qc.to(at::kFloat).contiguous();
-
+  const QueryRef qr = query_ref(q);
   Int8MmaParams p{};
-  p.q = qc.data_ptr();
-  p.q_bs = qc.stride(0);
-  p.q_type = q_type;
+  p.q = qr.q.data_ptr();
+  p.q_bs = qr.q.stride(0);
+  p.q_type = qr.type;
   p.Hq = int(Hq);
   p.Hkv = int(Hkv);
   p.nrep = int(Hq / Hkv);
@@ -260,22 +242,10 @@ at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& 
   // no body: one split, whose last warp takes sinks and window
   const int64_t tail = p.tail[0].R + p.tail[1].R;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.tokens_per_split = N > 0 ? split_tokens(N, tail, B * Hkv, int64_t(sms) * int8_blocks_per_sm()) : kFastWarps * kFastTile;
+  p.tokens_per_split =
+      N > 0 ? split_tokens(N, tail, B * Hkv, int64_t(sms) * resident_blocks(int8_mma_kernel, 0)) : kFastWarps * kFastTile;
   const int splits = N > 0 ? int((N + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
-  p.n_splits_total = splits;
-
-  const int64_t n_part = B * Hq * splits, n_out = B * Hq * kD;
-  auto ws = at::empty({n_part * (kD + 2) + n_out}, at::TensorOptions().dtype(at::kFloat).device(q.device()));
-  float* wsp = ws.data_ptr<float>();
-  p.part_o = wsp;
-  p.part_m = wsp + n_part * kD;
-  p.part_l = wsp + n_part * (kD + 1);
-  auto st = at::cuda::getCurrentCUDAStream();
-  int8_mma_kernel<<<dim3(splits, Hkv, B), kFastWarps * 32, 0, st>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  combine_kernel<kD><<<dim3(B * Hq), kD, 0, st>>>(p.part_o, p.part_m, p.part_l, splits, wsp + n_part * (kD + 2));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return ws.narrow(0, n_part * (kD + 2), n_out).view({B, Hq, kD});
+  return launch_split_k(int8_mma_kernel, p, dim3(splits, Hkv, B), 0, Hq, q.device(), at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace kvx::kernels::cuda

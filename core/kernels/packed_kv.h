@@ -71,8 +71,9 @@ PackedBlock quantize_pack(const at::Tensor& x, int bits, int group, bool per_cha
 at::Tensor dequantize(const PackedBlock& b, at::ScalarType dtype);
 at::Tensor decode_attention(const at::Tensor& q, const PackedBlock& k, const PackedBlock& v,
                             const at::Tensor& k_res, const at::Tensor& v_res, double scale);
-// Same fused kernel over full-precision K/V ([B, Hkv, T, D] fp16/bf16): the fp16 baseline
-// measured with identical code structure.
+// Full-precision K/V alone ([B, Hkv, T, D] fp16/bf16) with the fused kernel's full-precision tiles
+// (tensor cores, split-K): a cache still within its residual, HIGGS after dequantization, and the
+// fp16 baseline of `kvx bench decode` measured with the same code.
 at::Tensor decode_attention_dense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   double scale);
 }  // namespace cuda

@@ -9,14 +9,12 @@
 #include <cmath>
 
 #include "core/common/error.h"
-#include "core/kernels/decode_mma.cuh"
 #include "core/kernels/packed_kv.h"
+#include "core/kernels/split_launch.cuh"
 
 namespace kvx::kernels::cuda {
 namespace {
 
-constexpr int kWarps = 4;   // warps per block
-constexpr int kTile = 32;   // tokens per warp tile (one per lane in the score phase)
 constexpr unsigned kFull = kFullMask;
 
 // OR of the shifted codes of `cpw` consecutive lanes (one 32-bit word).
@@ -97,150 +95,6 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
   out[(bh * T_len + t) * D + d] = float(q) * __half2float(sc[mi]) + __half2float(mn[mi]);
 }
 
-// ---------------------------------------------------------------- full-precision decode attention
-// On the CUDA cores: the full-precision cache without packed tokens (a cache still within its
-// residual) and the fp16-fused baseline of `kvx bench decode`.
-struct AttnParams {
-  const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q)
-  int64_t q_bs;
-  int q_type;
-  int Hq, Hkv;
-  const void* k;  // rows of TD [B, Hkv, T, kD]
-  int64_t k_bh;   // elements between consecutive (b, h)
-  const void* v;
-  int64_t v_bh;
-  int T;                 // tokens in this part
-  int tokens_per_split;  // multiple of kTile
-  int split_offset, n_splits_total;
-  float scale_log2;      // softmax scale · log2(e)
-  float* part_o;         // [B, Hq, n_splits_total, kD]
-  float* part_m;         // [B, Hq, n_splits_total]
-  float* part_l;
-};
-
-// NREP = Hq / Hkv; TD = fp16 or bf16.
-template <int NREP, typename TD>
-__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttnParams p) {
-  __shared__ float q_s[NREP][kD];
-  __shared__ float p_s[kWarps][NREP][kTile];
-  __shared__ float red_m[kWarps][NREP], red_l[kWarps][NREP];
-  __shared__ float red_o[kWarps][NREP][kD];
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int hkv = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  const int t_begin = blockIdx.x * p.tokens_per_split;
-  const int t_end = min(p.T, t_begin + p.tokens_per_split);
-
-  for (int i = threadIdx.x; i < NREP * kD; i += blockDim.x)
-    q_s[i / kD][i % kD] = load_q(p.q, p.q_type, p.q_bs, b, int64_t(hkv * NREP + i / kD) * kD + i % kD);
-  __syncthreads();
-
-  // Value-phase lane geometry: CH channels per lane, LPT lanes per token, TPI tokens per pass.
-  constexpr int CH = 4;
-  constexpr int LPT = kD / CH;
-  constexpr int TPI = 32 / LPT;
-  const int slot = lane / LPT, c0 = (lane % LPT) * CH;
-
-  float m[NREP], l[NREP], acc[NREP][CH];
-#pragma unroll
-  for (int h = 0; h < NREP; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.f;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) acc[h][c] = 0.f;
-  }
-
-  for (int t0 = t_begin + warp * kTile; t0 < t_end; t0 += kWarps * kTile) {
-    // ---- scores: lane = token
-    const int t = t0 + lane;
-    float s[NREP];
-#pragma unroll
-    for (int h = 0; h < NREP; ++h) s[h] = 0.f;
-    if (t < t_end) {
-      const uint4* row = reinterpret_cast<const uint4*>(static_cast<const TD*>(p.k) + bh * p.k_bh + int64_t(t) * kD);
-#pragma unroll
-      for (int w4 = 0; w4 < kD * int(sizeof(TD)) / 16; ++w4) {
-        const uint4 q4 = row[w4];
-        const TD* vals = reinterpret_cast<const TD*>(&q4);
-#pragma unroll
-        for (int j = 0; j < 16 / int(sizeof(TD)); ++j) {
-          const float x = to_f(vals[j]);
-          const int d = w4 * (16 / int(sizeof(TD))) + j;
-#pragma unroll
-          for (int h = 0; h < NREP; ++h) s[h] += q_s[h][d] * x;
-        }
-      }
-    }
-    // ---- online softmax over the tile
-#pragma unroll
-    for (int h = 0; h < NREP; ++h) {
-      const float sh = t < t_end ? s[h] * p.scale_log2 : -INFINITY;
-      const float m_new = fmaxf(m[h], warp_max(sh));
-      const float pr = m_new == -INFINITY ? 0.f : exp2f(sh - m_new);
-      const float corr = m_new == -INFINITY ? 1.f : exp2f(m[h] - m_new);
-      l[h] = l[h] * corr + warp_sum(pr);
-      m[h] = m_new;
-#pragma unroll
-      for (int c = 0; c < CH; ++c) acc[h][c] *= corr;
-      p_s[warp][h][lane] = pr;
-    }
-    __syncwarp();
-    // ---- values: lane = CH channels of one token slot
-#pragma unroll 4
-    for (int it = 0; it < kTile / TPI; ++it) {
-      const int tl = it * TPI + slot, tv = t0 + tl;
-      if (tv >= t_end) continue;
-      const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const TD*>(p.v) + bh * p.v_bh + int64_t(tv) * kD + c0);
-      const TD* vals = reinterpret_cast<const TD*>(&raw);
-#pragma unroll
-      for (int h = 0; h < NREP; ++h) {
-        const float pr = p_s[warp][h][tl];
-#pragma unroll
-        for (int c = 0; c < CH; ++c) acc[h][c] += pr * to_f(vals[c]);
-      }
-    }
-    __syncwarp();
-  }
-
-  // token slots of one channel chunk -> lane % LPT
-#pragma unroll
-  for (int o = LPT; o < 32; o <<= 1)
-#pragma unroll
-    for (int h = 0; h < NREP; ++h)
-#pragma unroll
-      for (int c = 0; c < CH; ++c) acc[h][c] += __shfl_xor_sync(kFull, acc[h][c], o);
-#pragma unroll
-  for (int h = 0; h < NREP; ++h) {
-    if (lane == 0) {
-      red_m[warp][h] = m[h];
-      red_l[warp][h] = l[h];
-    }
-    if (lane < LPT)
-#pragma unroll
-      for (int c = 0; c < CH; ++c) red_o[warp][h][c0 + c] = acc[h][c];
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < NREP * kD; i += blockDim.x) {
-    const int h = i / kD, d = i % kD;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red_m[w][h]);
-    float L = 0.f, O = 0.f;
-    if (M != -INFINITY)
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(red_m[w][h] - M);
-        L += red_l[w][h] * f;
-        O += red_o[w][h][d] * f;
-      }
-    const int64_t slot_i = (int64_t(b) * p.Hq + hkv * NREP + h) * p.n_splits_total + p.split_offset + blockIdx.x;
-    p.part_o[slot_i * kD + d] = O;
-    if (d == 0) {
-      p.part_m[slot_i] = M;
-      p.part_l[slot_i] = L;
-    }
-  }
-}
-
 // ---------------------------------------------------------------- tensor-core packed decode attention
 // The mma layout is decode_mma.cuh's. A code becomes fp16 with one LOP3 and no conversion: (word &
 // mask) | magic(n) puts code k of a byte (bits n = b·k up) in the mantissa under the exponent that
@@ -290,7 +144,7 @@ __device__ __forceinline__ uint32_t value_pair(uint32_t y, __half2 s2, __half2 m
 }
 
 struct PackedParams {
-  const void* q;  // as AttnParams::q
+  const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q_run)
   int64_t q_bs;
   int q_type;
   int Hq, Hkv, nrep;
@@ -309,11 +163,8 @@ struct PackedParams {
   int T;                 // multiple of kFastTile
   DenseSeg tail;         // full-precision tail [B, Hkv, R, kD] (R = 0: none)
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
-  int n_splits_total;
   float scale_log2;
-  float* part_o;
-  float* part_m;
-  float* part_l;
+  SplitOutput out;
 };
 
 // Each warp streams its tiles through a ring of shared-memory stages filled by cp.async, so that the
@@ -403,24 +254,18 @@ __device__ __forceinline__ void load_value_words(const uint32_t* vb, int v, cons
 #pragma unroll
   for (int r = 0; r < 4; ++r) lds_words(vb + (16 * v + 8 * (r >> 1)) * 4 * BV + off[r & 1], w[r]);
 }
-// Scales and mins of value group vgi of the token pairs (2t, 2t+1), (2t+8, 2t+9) of step v, as fp16 pairs.
+// The fp16 pair (tokens 16v + 8h + 2t, 16v + 8h + 2t + 1) of value group vgi from a tile's value
+// scales or mins.
 template <int NG>
-__device__ __forceinline__ void load_value_scales(const __half* vsb, const __half* vmb, int v, int t, int vg, int vgi,
-                                                  uint32_t (&s2)[2], uint32_t (&m2)[2]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int o = (16 * v + 8 * h + 2 * t) * vg + vgi;
-    if constexpr (NG == 1) {
-      s2[h] = *reinterpret_cast<const uint32_t*>(vsb + o);
-      m2[h] = *reinterpret_cast<const uint32_t*>(vmb + o);
-    } else if constexpr (NG == 2) {  // both groups of the pair in one load, then this lane's
-      const uint2 sw = *reinterpret_cast<const uint2*>(vsb + o - vgi), mw = *reinterpret_cast<const uint2*>(vmb + o - vgi);
-      s2[h] = __byte_perm(sw.x, sw.y, vgi ? 0x7632 : 0x5410);
-      m2[h] = __byte_perm(mw.x, mw.y, vgi ? 0x7632 : 0x5410);
-    } else {
-      s2[h] = h2u(__halves2half2(vsb[o], vsb[o + vg]));
-      m2[h] = h2u(__halves2half2(vmb[o], vmb[o + vg]));
-    }
+__device__ __forceinline__ uint32_t value_stat_pair(const __half* x, int v, int h, int t, int vg, int vgi) {
+  const int o = (16 * v + 8 * h + 2 * t) * vg + vgi;
+  if constexpr (NG == 1) {
+    return *reinterpret_cast<const uint32_t*>(x + o);
+  } else if constexpr (NG == 2) {  // both groups of the pair in one load, then this lane's
+    const uint2 w = *reinterpret_cast<const uint2*>(x + o - vgi);
+    return __byte_perm(w.x, w.y, vgi ? 0x7632 : 0x5410);
+  } else {
+    return h2u(__halves2half2(x[o], x[o + vg]));
   }
 }
 
@@ -498,7 +343,9 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     // words are read from the stage where they are used (a shared-memory load is short, registers few)
     uint32_t kw[4][KW];             // tokens g + 8·blk, this lane's 32 channels
     uint32_t vw[2][4][VW];          // step v: tokens 16v + 2t + {0, 1, 8, 9}, channels 16g..16g+15
-    uint32_t vs2[2][2], vm2[2][2];  // value scales and mins of pairs (2t, 2t+1), (2t+8, 2t+9), group vgi
+    // value scales of the pairs (2t, 2t+1), (2t+8, 2t+9) of step v, group vgi; the mins likewise, or
+    // with FOLD those of pair h = g % 2 only (the B column of the sums of P·min)
+    uint32_t vs2[2][2], vm2[2][2];
 
     // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
     if (starts_group(i)) {
@@ -550,12 +397,16 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     // The scales load before the softmax, whose rescale branch the compiler does not move loads
     // across (their latency then overlaps the softmax).
 #pragma unroll
-    for (int v = 0; v < 2; ++v) load_value_scales<NG>(vsb, vmb, v, t, vg, vgi, vs2[v], vm2[v]);
+    for (int v = 0; v < 2; ++v)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        vs2[v][h] = value_stat_pair<NG>(vsb, v, h, t, vg, vgi);
+        if (!FOLD || h == 0) vm2[v][h] = value_stat_pair<NG>(vmb, v, FOLD ? g & 1 : h, t, vg, vgi);
+      }
     uint32_t pb[4];
     online_softmax<FOLD>(d, p.scale_log2, crs, pb, m_run, cs, acc);
     if constexpr (FOLD) {  // the column sums of P·min and P·scale for the biases; B = P·scale
-      column_total(cs.m, h2u(__hmul2(u2h(pb[0]), u2h(vm2[0][0]))), h2u(__hmul2(u2h(pb[1]), u2h(vm2[0][1]))),
-                   h2u(__hmul2(u2h(pb[2]), u2h(vm2[1][0]))), h2u(__hmul2(u2h(pb[3]), u2h(vm2[1][1]))));
+      weighted_column_total(cs.m, pb[0], pb[1], pb[2], pb[3], vm2[0][0], vm2[1][0]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) pb[i] = h2u(__hmul2(u2h(pb[i]), u2h(vs2[i / 2][i % 2])));
       column_total(cs.s, pb[0], pb[1], pb[2], pb[3]);
@@ -604,7 +455,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   if constexpr (FOLD) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float ps = column_value(cs.s, 2 * t + h), pm = column_value(cs.m, 2 * t + h);
+      const float ps = column_value(cs.s, 2 * t + h), pm = split_column_value(cs.m, 2 * t + h, nh);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -612,8 +463,39 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     }
   }
   __syncthreads();  // the merge reuses the rings
-  store_split(*reinterpret_cast<SplitMerge*>(stages), m_run, cs, acc, nrep, nh, b, hkv, p.Hq, p.n_splits_total,
-              blockIdx.x, p.part_o, p.part_m, p.part_l);
+  store_split(*reinterpret_cast<SplitMerge*>(stages), m_run, cs, acc, nrep, nh, b, hkv, p.Hq, blockIdx.x, p.out);
+}
+
+// ---------------------------------------------------------------- full-precision decode attention
+// A full-precision cache alone (no packed tokens yet, or the fp16-fused baseline of `kvx bench
+// decode`): the packed kernel's tail tiles (attend_dense_tile) over the whole context, split-K.
+struct DenseParams {
+  const void* q;  // as PackedParams::q
+  int64_t q_bs;
+  int q_type;
+  int Hq, Hkv, nrep;
+  DenseSeg kv;           // the cache [B, Hkv, T, kD]
+  int tokens_per_split;  // multiple of kFastWarps·kFastTile
+  float scale_log2;
+  SplitOutput out;
+};
+
+__global__ void __launch_bounds__(kFastWarps * 32) dense_attention_kernel(const DenseParams p) {
+  __shared__ __align__(16) uint32_t qf_s[32][16];
+  __shared__ SplitMerge merge;
+  const int warp = threadIdx.x / 32, hkv = blockIdx.y, b = blockIdx.z;
+  stage_query<NaturalPair>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, p.nrep, 8);
+  uint32_t qf[16];
+  load_query(qf_s, qf);
+  const int tpw = p.tokens_per_split / kFastWarps, r_begin = blockIdx.x * p.tokens_per_split + warp * tpw;
+  DenseSeg kv = p.kv;
+  kv.R = min(kv.R, r_begin + tpw);  // attend_dense_tile masks tokens from R on
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float acc[8][4] = {};
+  ColumnSums cs;
+  for (int r0 = r_begin; r0 < kv.R; r0 += kFastTile)
+    attend_dense_tile<NaturalPair, false>(kv, int64_t(b) * p.Hkv + hkv, r0, qf, p.scale_log2, m_run, cs, acc);
+  store_split(merge, m_run, cs, acc, p.nrep, 8, b, hkv, p.Hq, blockIdx.x, p.out);
 }
 
 // Dynamic shared memory of a launch with vg value groups per token.
@@ -621,73 +503,31 @@ constexpr int packed_smem_bytes(int bk, int bv, int vg) {
   return std::max<int>(kFastWarps * packed_stages(bk, bv) * packed_stage_bytes(bk, bv, vg), int(sizeof(SplitMerge)));
 }
 
-// Resident blocks per SM of one instantiation at vg value groups per token (vg = 1, 2, 4, 8); the
-// first call per instantiation lets it use the shared memory it needs.
-template <int BK, int BV, int NG>
-int packed_blocks_per_sm(int vg) {
-  static int n[4] = {0, 0, 0, 0};
-  static const bool ready = [] {
-    const auto f = packed_attention_kernel<BK, BV, NG>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, packed_smem_bytes(BK, BV, kD / 16)));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
-    return true;
-  }();
-  (void)ready;
-  const int slot = vg >= 8 ? 3 : vg >= 4 ? 2 : vg - 1;
-  if (n[slot] == 0) {
-    int r = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, packed_attention_kernel<BK, BV, NG>, kFastWarps * 32,
-                                                                 packed_smem_bytes(BK, BV, vg)));
-    n[slot] = std::max(1, r);
-  }
-  return n[slot];
-}
+using PackedKernel = void (*)(PackedParams);
 
+// The instantiation for key/value bits K/V and NG folded value groups, allowed the shared memory it
+// can need (at 8 value groups per token) on its first use.
 template <int K, int V, int NG>
-int launch_packed_ng(bool launch, int vg, dim3 grid, const PackedParams& p, cudaStream_t st) {
-  const int n = packed_blocks_per_sm<K, V, NG>(vg);
-  if (launch) packed_attention_kernel<K, V, NG><<<grid, kFastWarps * 32, packed_smem_bytes(K, V, vg), st>>>(p);
-  return n;
+PackedKernel packed_kernel() {
+  static const PackedKernel f = [] {
+    const PackedKernel k = packed_attention_kernel<K, V, NG>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, packed_smem_bytes(K, V, kD / 16)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
+    return k;
+  }();
+  return f;
 }
 
-// Dispatch over key/value bits and the folded value groups (ng; vg value groups per token): with
-// launch = false only reports the resident blocks per SM.
-int launch_packed(int bk, int bv, int ng, int vg, bool launch, dim3 grid, const PackedParams& p, cudaStream_t st) {
+// Dispatch over key/value bits and the folded value groups ng.
+PackedKernel packed_kernel(int bk, int bv, int ng) {
   switch (bk * 10 + bv) {
-#define KVX_BITS(K, V)                                                    \
-  case K * 10 + V:                                                        \
-    return ng == 1   ? launch_packed_ng<K, V, 1>(launch, vg, grid, p, st) \
-           : ng == 2 ? launch_packed_ng<K, V, 2>(launch, vg, grid, p, st) \
-                     : launch_packed_ng<K, V, 0>(launch, vg, grid, p, st);
+#define KVX_BITS(K, V) \
+  case K * 10 + V: return ng == 1 ? packed_kernel<K, V, 1>() : ng == 2 ? packed_kernel<K, V, 2>() : packed_kernel<K, V, 0>();
     KVX_BITS(2, 2) KVX_BITS(2, 4) KVX_BITS(2, 8) KVX_BITS(4, 2) KVX_BITS(4, 4) KVX_BITS(4, 8)
     KVX_BITS(8, 2) KVX_BITS(8, 4) KVX_BITS(8, 8)
 #undef KVX_BITS
     default: throw error("fused decode attention: key/value bits {}/{} not supported", bk, bv);
   }
-}
-template <typename TD>
-void launch_nrep(int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
-  switch (nrep) {
-#define KVX_NREP(N) \
-  case N: decode_attention_kernel<N, TD><<<grid, kWarps * 32, 0, st>>>(p); break;
-    KVX_NREP(1) KVX_NREP(2) KVX_NREP(3) KVX_NREP(4) KVX_NREP(7) KVX_NREP(8)
-#undef KVX_NREP
-    default: throw error("fused decode attention: GQA ratio {} is not compiled (1, 2, 3, 4, 7, 8)", nrep);
-  }
-}
-
-void launch_dense(at::ScalarType dt, int nrep, dim3 grid, const AttnParams& p, cudaStream_t st) {
-  if (dt == at::kHalf) launch_nrep<__half>(nrep, grid, p, st);
-  else if (dt == at::kBFloat16) launch_nrep<__nv_bfloat16>(nrep, grid, p, st);
-  else throw error("fused decode attention: full-precision tail must be float16 or bfloat16");
-}
-
-int choose_tokens_per_split(int64_t T, int64_t bh_blocks) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = std::max<int64_t>(1, (4 * sms + bh_blocks - 1) / bh_blocks);
-  int64_t tps = (T + want - 1) / want;
-  tps = std::max<int64_t>(kWarps * kTile, (tps + kTile - 1) / kTile * kTile);
-  return int(tps);
 }
 
 void check_dense(const at::Tensor& x, const char* what) {
@@ -764,64 +604,44 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   if (Hkv == 0) throw error("fused decode attention: empty cache");
   if (Hq % Hkv != 0) throw error("fused decode attention: {} query heads do not group over {} KV heads", Hq, Hkv);
   const int nrep = int(Hq / Hkv);
-  // q is read in place (float/half/bf16, any batch stride); one workspace holds the split partials
-  at::Tensor qc = q;
-  if (q.stride(2) != 1 || q.stride(1) != kD) qc = q.contiguous();
-  int q_type = 0;
-  if (qc.scalar_type() == at::kHalf) q_type = 1;
-  else if (qc.scalar_type() == at::kBFloat16) q_type = 2;
-  else if (qc.scalar_type() != at::kFloat) qc = qc.to(at::kFloat).contiguous();
+  if (nrep > 8) throw error("fused decode attention: GQA ratio {} > 8 is not supported", nrep);
+  const QueryRef qr = query_ref(q);
   auto st = at::cuda::getCurrentCUDAStream();
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 
-  AttnParams base{};
-  base.q = qc.data_ptr();
-  base.q_bs = qc.stride(0);
-  base.q_type = q_type;
-  base.Hq = int(Hq);
-  base.Hkv = int(Hkv);
-  base.scale_log2 = float(scale * 1.4426950408889634);
-
-  int n_q = 0, n_r = 0, tps_q = 0, tps_r = 0;
   // value groups per token, and how many of them fold into the mma's columns (the heads repeat once
   // per group, so nrep·groups <= 8)
   const int vg = Tq > 0 ? int(kD / v->group) : 1;
   const int ng = vg == 1 ? 1 : (vg == 2 && nrep <= 4 ? 2 : 0);
+  int tps = 0;
   if (Tq > 0) {
     if (k->group % kFastTile != 0 || (k->group & (k->group - 1)) != 0 || !k->per_channel || v->per_channel ||
         v->group % 16 != 0)
       throw error("fused decode attention: needs per-channel keys in groups of 32·2^n tokens and per-token values");
-    if (nrep > 8) throw error("fused decode attention: GQA ratio {} > 8 is not supported", nrep);
     if (k->codes.size(1) != Hkv || v->codes.size(2) != Tq || k->codes.size(3) != kD * k->bits / 32 ||
         v->codes.size(3) != kD * v->bits / 32)
       throw error("fused decode attention: packed keys/values do not match [B, Hkv, T, D·bits/32]");
     if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
-    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    tps_q = split_tokens(Tq, R, B * Hkv, int64_t(sms) * launch_packed(k->bits, v->bits, ng, vg, false, dim3(), {}, st));
-    n_q = int((Tq + tps_q - 1) / tps_q);
+    // beside packed tokens the full-precision tail joins the packed launch (a launch of its own cost
+    // more than the tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64)
+    const int resident = resident_blocks(packed_kernel(k->bits, v->bits, ng), packed_smem_bytes(k->bits, v->bits, vg));
+    tps = split_tokens(Tq, R, B * Hkv, sms * resident);
+  } else {
+    tps = split_tokens(R, 0, B * Hkv, sms * resident_blocks(dense_attention_kernel, 0));
   }
+  DenseSeg tail{};
   if (R > 0) {
     check_dense(k_fp, "full-precision keys");
     check_dense(v_fp, "full-precision values");
     if (k_fp.scalar_type() != v_fp.scalar_type() || (k_fp.scalar_type() != at::kHalf && k_fp.scalar_type() != at::kBFloat16))
       throw error("fused decode attention: full-precision tail must be float16 or bfloat16");
+    tail = {k_fp.data_ptr(), v_fp.data_ptr(), k_fp.stride(1), v_fp.stride(1), int(R), k_fp.scalar_type() == at::kBFloat16};
   }
-  // Beside packed tokens the tail joins the packed launch (a launch of its own cost more than the
-  // tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64; in the last split's warps 6).
-  const bool tail_in_packed = n_q > 0 && R > 0;
-  if (R > 0 && !tail_in_packed) {
-    tps_r = choose_tokens_per_split(R, B * Hkv);
-    n_r = int((R + tps_r - 1) / tps_r);
-  }
-  const int total = n_q + n_r;
-  const int64_t n_part = B * Hq * total, n_out = B * Hq * kD;
-  auto ws = at::empty({n_part * (kD + 2) + n_out}, at::TensorOptions().dtype(at::kFloat).device(q.device()));
-  float* wsp = ws.data_ptr<float>();
-  base.part_o = wsp;
-  base.part_m = wsp + n_part * kD;
-  base.part_l = wsp + n_part * (kD + 1);
-  base.n_splits_total = total;
+  const int n_splits = int(((Tq > 0 ? Tq : R) + tps - 1) / tps);
+  const float scale_log2 = float(scale * 1.4426950408889634);
+  const dim3 grid(n_splits, Hkv, B);
 
-  if (n_q > 0) {
+  if (Tq > 0) {
     // cp.async moves 16-byte chunks: contiguous tensors on 16-byte boundaries, as quantize_pack and
     // concat return them (a copy here would be made again on every decode step)
     auto cont = [](const at::Tensor& x, const char* what) {
@@ -833,9 +653,9 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     const auto kc = cont(k->codes, "key codes"), ksc = cont(k->scale, "key scales"), kmn = cont(k->minv, "key mins");
     const auto vc = cont(v->codes, "value codes"), vsc = cont(v->scale, "value scales"), vmn = cont(v->minv, "value mins");
     PackedParams p{};
-    p.q = base.q;
-    p.q_bs = base.q_bs;
-    p.q_type = base.q_type;
+    p.q = qr.q.data_ptr();
+    p.q_bs = qr.q.stride(0);
+    p.q_type = qr.type;
     p.Hq = int(Hq);
     p.Hkv = int(Hkv);
     p.nrep = nrep;
@@ -852,32 +672,14 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.vs_bh = Tq * vsc.size(3);
     p.gv = v->group;
     p.T = int(Tq);
-    if (tail_in_packed)
-      p.tail = {k_fp.data_ptr(), v_fp.data_ptr(), k_fp.stride(1), v_fp.stride(1), int(R), k_fp.scalar_type() == at::kBFloat16};
-    p.tokens_per_split = tps_q;
-    p.n_splits_total = total;
-    p.scale_log2 = base.scale_log2;
-    p.part_o = base.part_o;
-    p.part_m = base.part_m;
-    p.part_l = base.part_l;
-    launch_packed(k->bits, v->bits, ng, vg, true, dim3(n_q, Hkv, B), p, st);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    p.tail = tail;
+    p.tokens_per_split = tps;
+    p.scale_log2 = scale_log2;
+    return launch_split_k(packed_kernel(k->bits, v->bits, ng), p, grid, packed_smem_bytes(k->bits, v->bits, vg), Hq,
+                          q.device(), st);
   }
-  if (n_r > 0) {
-    AttnParams p = base;
-    p.k = k_fp.data_ptr();
-    p.k_bh = k_fp.stride(1);
-    p.v = v_fp.data_ptr();
-    p.v_bh = v_fp.stride(1);
-    p.T = int(R);
-    p.tokens_per_split = tps_r;
-    p.split_offset = n_q;
-    launch_dense(k_fp.scalar_type(), nrep, dim3(n_r, Hkv, B), p, st);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  combine_kernel<kD><<<dim3(B * Hq), kD, 0, st>>>(base.part_o, base.part_m, base.part_l, total, wsp + n_part * (kD + 2));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return ws.narrow(0, n_part * (kD + 2), n_out).view({B, Hq, kD});
+  const DenseParams p{qr.q.data_ptr(), qr.q.stride(0), qr.type, int(Hq), int(Hkv), nrep, tail, tps, scale_log2, {}};
+  return launch_split_k(dense_attention_kernel, p, grid, 0, Hq, q.device(), st);
 }
 
 }  // namespace
