@@ -614,6 +614,8 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
   const int vg = Tq > 0 ? int(kD / v->group) : 1;
   const int ng = vg == 1 ? 1 : (vg == 2 && nrep <= 4 ? 2 : 0);
   int tps = 0;
+  PackedKernel kernel = nullptr;  // with its dynamic shared memory
+  int smem = 0;
   if (Tq > 0) {
     if (k->group % kFastTile != 0 || (k->group & (k->group - 1)) != 0 || !k->per_channel || v->per_channel ||
         v->group % 16 != 0)
@@ -624,8 +626,9 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     if (Tq % kFastTile != 0) throw error("fused decode attention: {} packed tokens are not a multiple of {}", Tq, kFastTile);
     // beside packed tokens the full-precision tail joins the packed launch (a launch of its own cost
     // more than the tail's reading: 20 µs of 125 on H200 at llama3-8b, B8, 32K, R 64)
-    const int resident = resident_blocks(packed_kernel(k->bits, v->bits, ng), packed_smem_bytes(k->bits, v->bits, vg));
-    tps = split_tokens(Tq, R, B * Hkv, sms * resident);
+    kernel = packed_kernel(k->bits, v->bits, ng);
+    smem = packed_smem_bytes(k->bits, v->bits, vg);
+    tps = split_tokens(Tq, R, B * Hkv, sms * resident_blocks(kernel, smem));
   } else {
     tps = split_tokens(R, 0, B * Hkv, sms * resident_blocks(dense_attention_kernel, 0));
   }
@@ -675,8 +678,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.tail = tail;
     p.tokens_per_split = tps;
     p.scale_log2 = scale_log2;
-    return launch_split_k(packed_kernel(k->bits, v->bits, ng), p, grid, packed_smem_bytes(k->bits, v->bits, vg), Hq,
-                          q.device(), st);
+    return launch_split_k(kernel, p, grid, smem, Hq, q.device(), st);
   }
   const DenseParams p{qr.q.data_ptr(), qr.q.stride(0), qr.type, int(Hq), int(Hkv), nrep, tail, tps, scale_log2, {}};
   return launch_split_k(dense_attention_kernel, p, grid, 0, Hq, q.device(), st);
