@@ -50,11 +50,26 @@ struct SplitOutput {
   int n_splits;
 };
 
+// Programmatic dependent launch (sm_90+; launch_split_k): a split-K kernel lets combine_kernel's
+// launch start as soon as all its blocks run, and combine_kernel waits for the split-K kernel's end
+// and memory before it reads the partials. The launch then overlaps the split-K kernel's tail.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // One block per (b, query head): out[bq, :] = Σ_s O_s·2^(M_s - M) / Σ_s L_s·2^(M_s - M). The split
 // loops are unrolled so that their loads are in flight together (one at a time, 8 splits took 5 µs).
 template <int D>
 __global__ void combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_m,
                                const float* __restrict__ part_l, int n_splits, float* __restrict__ out) {
+  wait_for_primary_grid();
   const int64_t bq = blockIdx.x;
   const int d = threadIdx.x;
   float M = -INFINITY;

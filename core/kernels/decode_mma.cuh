@@ -7,9 +7,10 @@
 //           the score layout by movmatrix)
 // Lane (g, t) = (lane / 4, lane % 4) holds the scores of tokens g, g + 8 of each 16 and heads 2t,
 // 2t + 1, and the outputs of channels 16g + p (p = 0..15, rows g / g + 8 of mma p / 2) for those
-// heads (columns: a kernel may repeat the heads, see store_split). Key channels are paired as
-// KeyPair<B> says, the same for the keys' A and the query's B. Per-column sums over tokens (the
-// softmax denominators, the value biases) run on the tensor cores too (column_total).
+// heads (columns: a kernel may repeat the heads, see store_split). Key channels are paired as the
+// codes lie (KeyPair<8> for int8 rows, natural pairs for packed keys: packed_layout.h), the same
+// for the keys' A and the query's B. Per-column sums over tokens (the softmax denominators, the
+// value biases) run on the tensor cores too (column_total).
 #pragma once
 #include <cuda_fp16.h>
 
@@ -116,8 +117,9 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Pair p (0..15) of a lane's 32-channel key chunk (B words): half2 of codes from bytes (v, v + 2) of
-// word p / (16/B), code k of the byte; channels relative to the chunk start.
+// Pair p (0..15) of a lane's 32-channel chunk of codes in the plain layout (B words): half2 of codes
+// from bytes (v, v + 2) of word p / (16/B), code k of the byte; channels relative to the chunk
+// start. The int8 kernel's pairing (B = 8).
 template <int B>
 struct KeyPair {
   static constexpr int PPW = 16 / B, CPB = 8 / B;

@@ -3,12 +3,14 @@
 // registers and computes softmax(q·Kᵀ)·V with split-K over the context (flash-decoding).
 //
 // Layout ("KIVI" layout, ALGORITHMS.md 1.5.1 / 4.3 math):
-//   codes  int32 [B, H, T, D·bits/32]: token-major; within a token, channel c sits in word
-//          c / (32/bits) at bit (c % (32/bits))·bits (LSB-first little-endian 32-bit words).
+//   codes  int32 [B, H, T, D·bits/32]: token-major; channel c of token t in word c / (32/bits) of
+//          row t, at the bit packed_layout.h gives (keys: channel pairs share a bit of the two
+//          half-words; values: tokens 2u and 2u + 1 swap half-words, an odd last token stays plain).
 //   per-channel groups (keys, axis -1): scale/min fp16 [B, H, ceil(T/G), D]; G consecutive
 //          tokens of one channel share them; T must be a multiple of G when appending.
-//   per-token groups (values, axis 0): scale/min fp16 [B, H, T, D/G]; G consecutive channels of
-//          one token share them (G clamps to D).
+//   per-token groups (values, axis 0): scale/min fp16 [B, H, D/G, T] (group-major: the attention
+//          kernel reads a token pair's statistics of one group as one word); G consecutive channels
+//          of one token share them (G clamps to D). A block of an odd token count cannot be extended.
 // Codes: q = clamp(round_half_even((x - min)/s), 0, 2^b-1), s = (max-min)/(2^b-1), statistics in
 // fp32, s == 0 -> q = 0; dequantized x̂ = q·s + min with s and min as stored (fp16).
 //

@@ -10,6 +10,7 @@
 
 #include "core/common/error.h"
 #include "core/kernels/packed_kv.h"
+#include "core/kernels/packed_layout.h"
 #include "core/kernels/split_launch.cuh"
 
 namespace kvx::kernels::cuda {
@@ -50,7 +51,7 @@ __global__ void pack_per_channel_kernel(const T* __restrict__ x, int64_t T_len, 
   mn[mi] = __float2half(lo);
   const int cpw = 32 / bits, W = D / cpw;
   for (int t = 0; t < G; ++t) {
-    uint32_t w = code_of(to_f(xb[int64_t(t) * D]), lo, s, bits) << ((d % cpw) * bits);
+    uint32_t w = code_of(to_f(xb[int64_t(t) * D]), lo, s, bits) << layout::key_bit(d, bits);
     w = word_or(w, cpw);
     if (d % cpw == 0) codes[(bh * T_len + int64_t(g) * G + t) * W + d / cpw] = w;
   }
@@ -75,13 +76,17 @@ __global__ void pack_per_token_kernel(const T* __restrict__ x, int64_t T_len, in
   }
   const float s = (hi - lo) / float((1 << bits) - 1);
   if (d % G == 0) {
-    const int64_t mi = (bh * T_len + t) * (D / G) + d / G;
+    const int64_t mi = (bh * (D / G) + d / G) * T_len + t;
     sc[mi] = __float2half(s);
     mn[mi] = __float2half(lo);
   }
-  const int cpw = 32 / bits;
-  uint32_t w = word_or(code_of(v, lo, s, bits) << ((d % cpw) * bits), cpw);
-  if (d % cpw == 0) codes[(bh * T_len + t) * (D / cpw) + d / cpw] = w;
+  const int cpw = 32 / bits, W = D / cpw;
+  const uint32_t w = word_or(code_of(v, lo, s, bits) << layout::plain_bit(d, bits), cpw);
+  if (d % cpw == 0)  // each half-word where the layout puts it (the token pair's other row, maybe)
+    for (int h = 0; h < 2; ++h) {
+      const auto slot = layout::value_slot(t, T_len, d + h * cpw / 2, bits);
+      reinterpret_cast<uint16_t*>(codes)[((bh * T_len + slot.row) * W + d / cpw) * 2 + slot.bit / 16] = uint16_t(w >> (16 * h));
+    }
 }
 
 __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __half* __restrict__ sc,
@@ -90,8 +95,9 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
   const int d = threadIdx.x;
   const int64_t t = blockIdx.x, bh = blockIdx.y;
   const int cpw = 32 / bits;
-  const uint32_t q = (codes[(bh * T_len + t) * (D / cpw) + d / cpw] >> ((d % cpw) * bits)) & ((1u << bits) - 1);
-  const int64_t mi = per_channel ? (bh * (T_len / G) + t / G) * D + d : (bh * T_len + t) * (D / G) + d / G;
+  const auto slot = per_channel ? layout::Slot{t, layout::key_bit(d, bits)} : layout::value_slot(t, T_len, d, bits);
+  const uint32_t q = (codes[(bh * T_len + slot.row) * (D / cpw) + d / cpw] >> slot.bit) & ((1u << bits) - 1);
+  const int64_t mi = per_channel ? (bh * (T_len / G) + t / G) * D + d : (bh * (D / G) + d / G) * T_len + t;
   out[(bh * T_len + t) * D + d] = float(q) * __half2float(sc[mi]) + __half2float(mn[mi]);
 }
 
@@ -116,13 +122,16 @@ __host__ __device__ constexpr uint32_t neg_bias2(int lo, int hi) {
 }
 __host__ __device__ constexpr uint32_t neg_bias2(int n) { return neg_bias2(n, n); }
 
-// 2^(10-n) + code for the two codes of key pair P (n = B·code(P)).
+// Code index (of its byte) of key pair P (channels 2P, 2P + 1) of a lane's 32-channel chunk.
+template <int B>
+__host__ __device__ constexpr int key_code(int P) { return layout::key_pair_code(P % (16 / B), B); }
+// 2^(10-n) + code for the two codes of key pair P (n = B·key_code(P)), from the chunk's B words.
 template <int B, int P>
 __device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
-  using KP = KeyPair<B>;
-  constexpr uint32_t mask = ((1u << B) - 1) << (B * KP::code(P));
-  const uint32_t s = KP::src(P) ? (w[KP::word(P)] >> 8) : w[KP::word(P)];
-  return and_or<mask | (mask << 16)>(s, code_magic2(B * KP::code(P)));
+  constexpr int PPW = 16 / B;
+  constexpr uint32_t mask = ((1u << B) - 1) << (B * key_code<B>(P));
+  const uint32_t s = layout::key_pair_src(P % PPW, B) ? (w[P / PPW] >> 8) : w[P / PPW];
+  return and_or<mask | (mask << 16)>(s, code_magic2(B * key_code<B>(P)));
 }
 
 // Code k of each byte-pair half of y as 2^(10-n) + code (n = B·k), exactly.
@@ -156,7 +165,7 @@ struct PackedParams {
   int gk;
   const uint32_t* v;  // codes [B, Hkv, T, 4·BV]
   int64_t v_bh;
-  const __half* vs;  // [B, Hkv, T, kD/gv]
+  const __half* vs;  // [B, Hkv, kD/gv, T]
   const __half* vm;
   int64_t vs_bh;
   int gv;
@@ -203,11 +212,15 @@ struct TileCopier {
     }
     k = reinterpret_cast<const char*>(p.k + bh * p.k_bh + int64_t(wb) * 4 * BK) + 16 * lane;
     v = reinterpret_cast<const char*>(p.v + bh * p.v_bh + int64_t(wb) * 4 * BV) + 16 * lane;
-    const int mc = 4 * vg;  // chunks of a tile's scales, as many of its mins
-    const char* vs = reinterpret_cast<const char*>(p.vs + bh * p.vs_bh + int64_t(wb) * vg);
-    const char* vm = reinterpret_cast<const char*>(p.vm + bh * p.vs_bh + int64_t(wb) * vg);
-    meta0 = lane < mc ? vs + 16 * lane : vm + 16 * (lane - mc);
-    meta1 = vm + 16 * (lane + 32 - mc);
+    // chunk n of a tile's statistics: 4 per value group of its scales (group-major, 32 tokens each),
+    // then as many of its mins
+    const int mc = 4 * vg;
+    auto meta_src = [&](int n) {
+      const int c = n < mc ? n : n - mc;
+      return reinterpret_cast<const char*>((n < mc ? p.vs : p.vm) + bh * p.vs_bh + int64_t(c / 4) * p.T + wb + 8 * (c % 4));
+    };
+    meta0 = meta_src(lane);
+    meta1 = meta_src(lane + 32);
     n_meta = (lane < 2 * mc) + (lane + 32 < 2 * mc);
     kmeta = reinterpret_cast<const char*>((lane < 16 ? p.ks : p.km) + bh * p.ks_bh + int64_t(wb / p.gk) * kD) + 16 * (lane % 16);
   }
@@ -217,16 +230,16 @@ struct TileCopier {
   __device__ void copy(uint32_t dst, int vg, bool group_start, bool on) {
     k += 512 * BK;
     v += 512 * BV;
-    meta0 += 64 * vg;
-    meta1 += 64 * vg;
+    meta0 += 64;
+    meta1 += 64;
 #pragma unroll
     for (int i = 0; i < BK; ++i) cp_async16(dst + 512 * i, k + 512 * (i - BK), on);
     dst += 512 * BK;
 #pragma unroll
     for (int i = 0; i < BV; ++i) cp_async16(dst + 512 * i + vdelta[BV == 8 ? i & 1 : 0], v + 512 * (i - BV), on);
     dst += 512 * BV;
-    cp_async16(dst, meta0 - 64 * vg, on && n_meta > 0);
-    cp_async16(dst + 512, meta1 - 64 * vg, on && n_meta > 1);
+    cp_async16(dst, meta0 - 64, on && n_meta > 0);
+    cp_async16(dst + 512, meta1 - 64, on && n_meta > 1);
     cp_async16(dst + 128 * vg, kmeta, on && group_start);
     if (group_start) kmeta += 2 * kD;
   }
@@ -255,18 +268,9 @@ __device__ __forceinline__ void load_value_words(const uint32_t* vb, int v, cons
   for (int r = 0; r < 4; ++r) lds_words(vb + (16 * v + 8 * (r >> 1)) * 4 * BV + off[r & 1], w[r]);
 }
 // The fp16 pair (tokens 16v + 8h + 2t, 16v + 8h + 2t + 1) of value group vgi from a tile's value
-// scales or mins.
-template <int NG>
-__device__ __forceinline__ uint32_t value_stat_pair(const __half* x, int v, int h, int t, int vg, int vgi) {
-  const int o = (16 * v + 8 * h + 2 * t) * vg + vgi;
-  if constexpr (NG == 1) {
-    return *reinterpret_cast<const uint32_t*>(x + o);
-  } else if constexpr (NG == 2) {  // both groups of the pair in one load, then this lane's
-    const uint2 w = *reinterpret_cast<const uint2*>(x + o - vgi);
-    return __byte_perm(w.x, w.y, vgi ? 0x7632 : 0x5410);
-  } else {
-    return h2u(__halves2half2(x[o], x[o + vg]));
-  }
+// scales or mins ([groups][32 tokens]).
+__device__ __forceinline__ uint32_t value_stat_pair(const __half* x, int v, int h, int t, int vgi) {
+  return *reinterpret_cast<const uint32_t*>(x + 32 * vgi + 16 * v + 8 * h + 2 * t);
 }
 
 // NG: value groups per token whose scale multiplies the probabilities instead of the codes (0: none,
@@ -275,12 +279,12 @@ __device__ __forceinline__ uint32_t value_stat_pair(const __half* x, int v, int 
 // value scale, and a lane keeps the columns of its channels' group.
 template <int BK, int BV, int NG>
 __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(const PackedParams p) {
+  allow_dependent_launch();
   constexpr int KW = BK;        // words of one lane's 32-channel key chunk
   constexpr int VW = BV / 2;    // words of one lane's 16-channel value chunk
   constexpr int VCPB = 8 / BV;  // value codes per byte
   constexpr int S = packed_stages(BK, BV);
   constexpr bool FOLD = NG > 0;
-  using KP = KeyPair<BK>;
   // Query fragments of lane (g, t) in natural pairs: word p = half2(q[h][32t + 2p], q[h][32t + 2p + 1]).
   __shared__ __align__(16) uint32_t qf_s[32][16];
   extern __shared__ __align__(16) unsigned char stages[];  // the warps' rings; then the block merge
@@ -357,25 +361,20 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
 #pragma unroll
       for (int I = 0; I < 4; ++I) lds_words(ksb + 64 + 16 * t + 4 * I + 2 * (g & 1), mv[I]);
 #pragma unroll
-      for (int j = 0; j < 16; ++j) sv[j] = h2u(__hmul2(u2h(qn[j]), u2h(sv[j])));  // q·s
-#define KVX_KEY_PAIRS(S)                                  \
-  ka[S][0] = half_pair<KP::lo(2 * S), KP::hi(2 * S)>(sv); \
-  ka[S][1] = half_pair<KP::lo(2 * S + 1), KP::hi(2 * S + 1)>(sv);
-      // ... in the key codes' pairing
-      KVX_KEY_PAIRS(0) KVX_KEY_PAIRS(1) KVX_KEY_PAIRS(2) KVX_KEY_PAIRS(3)
-      KVX_KEY_PAIRS(4) KVX_KEY_PAIRS(5) KVX_KEY_PAIRS(6) KVX_KEY_PAIRS(7)
-#undef KVX_KEY_PAIRS
+      for (int j = 0; j < 16; ++j) {  // q·s, paired as the key codes are (packed_layout.h)
+        sv[j] = h2u(__hmul2(u2h(qn[j]), u2h(sv[j])));
+        ka[j / 2][j % 2] = sv[j];
+      }
       // Row g of A is column g's query (one quad of natural pairs: 4i, 4i + 1 in rows g, 4i + 2,
-      // 4i + 3 in rows g + 8). -Σ q·s·2^(10-n): A = q·s against B = -2^(10-n) of each channel (channel
-      // c has code c % CPB of its byte: the same for pairs 4i and 4i + 2, 4i + 1 and 4i + 3), every
-      // row useful, D[g] + D[g + 8] (column_total's layout). Σ q·min: A = q against B = the mins,
-      // even columns those of rows g, odd ones those of rows g + 8: D[g][2t] + D[g + 8][2t + 1].
-      constexpr int CPB = 8 / BK;
-      constexpr uint32_t nb_even = neg_bias2(0, BK * (1 % CPB)), nb_odd = neg_bias2(BK * (2 % CPB), BK * (3 % CPB));
+      // 4i + 3 in rows g + 8). -Σ q·s·2^(10-n): A = q·s against B = -2^(10-n) of each pair (pairs 4i
+      // and 4i + 2 share n, as 4i + 1 and 4i + 3 do), every row useful, D[g] + D[g + 8]
+      // (column_total's layout). Σ q·min: A = q against B = the mins, even columns those of rows g,
+      // odd ones those of rows g + 8: D[g][2t] + D[g + 8][2t + 1].
       float dn[4] = {0.f, 0.f, 0.f, 0.f}, dm[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int I = 0; I < 4; ++I) {
-        mma16816(dn, sv[4 * I], sv[4 * I + 2], sv[4 * I + 1], sv[4 * I + 3], nb_even, nb_odd);
+        mma16816(dn, sv[4 * I], sv[4 * I + 2], sv[4 * I + 1], sv[4 * I + 3], neg_bias2(BK * key_code<BK>(4 * I)),
+                 neg_bias2(BK * key_code<BK>(4 * I + 1)));
         mma16816(dm, qn[4 * I], qn[4 * I + 2], qn[4 * I + 1], qn[4 * I + 3], mv[I][0], mv[I][1]);
       }
       const float cg[4] = {dn[0] + dm[0] + dm[3], 0.f, dn[2], 0.f};  // row g's constant: column_value
@@ -400,8 +399,8 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     for (int v = 0; v < 2; ++v)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        vs2[v][h] = value_stat_pair<NG>(vsb, v, h, t, vg, vgi);
-        if (!FOLD || h == 0) vm2[v][h] = value_stat_pair<NG>(vmb, v, FOLD ? g & 1 : h, t, vg, vgi);
+        vs2[v][h] = value_stat_pair(vsb, v, h, t, vgi);
+        if (!FOLD || h == 0) vm2[v][h] = value_stat_pair(vmb, v, FOLD ? g & 1 : h, t, vgi);
       }
     uint32_t pb[4];
     online_softmax<FOLD>(d, p.scale_log2, crs, pb, m_run, cs, acc);
@@ -421,9 +420,10 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
       for (int wi = 0; wi < VW; ++wi)
 #pragma unroll
         for (int be = 0; be < 4; ++be) {
-          const uint32_t sel = uint32_t(be | (be << 4) | ((4 + be) << 8) | ((4 + be) << 12));
-          const uint32_t y01 = __byte_perm(vw[v][0][wi], vw[v][1][wi], sel);
-          const uint32_t y89 = __byte_perm(vw[v][2][wi], vw[v][3][wi], sel);
+          // byte be of the two tokens' words in the low bytes of the half-words: the pair's row be / 2
+          // holds bytes (0, 1) or (2, 3) of both (packed_layout.h)
+          const uint32_t y01 = vw[v][be >> 1][wi] >> (8 * (be & 1));
+          const uint32_t y89 = vw[v][2 + (be >> 1)][wi] >> (8 * (be & 1));
           const int jb = wi * (32 / BV) + be * VCPB;
 #define KVX_VCODE(K)                                                       \
   if constexpr (FOLD) {                                                    \
@@ -481,6 +481,7 @@ struct DenseParams {
 };
 
 __global__ void __launch_bounds__(kFastWarps * 32) dense_attention_kernel(const DenseParams p) {
+  allow_dependent_launch();
   __shared__ __align__(16) uint32_t qf_s[32][16];
   __shared__ SplitMerge merge;
   const int warp = threadIdx.x / 32, hkv = blockIdx.y, b = blockIdx.z;
@@ -552,7 +553,7 @@ PackedBlock quantize_pack(const at::Tensor& x_in, int bits, int group, bool per_
   out.per_channel = per_channel;
   auto opt = x.options();
   out.codes = at::empty({B, H, T, D * bits / 32}, opt.dtype(at::kInt));
-  out.scale = per_channel ? at::empty({B, H, T / G, D}, opt.dtype(at::kHalf)) : at::empty({B, H, T, D / G}, opt.dtype(at::kHalf));
+  out.scale = per_channel ? at::empty({B, H, T / G, D}, opt.dtype(at::kHalf)) : at::empty({B, H, D / G, T}, opt.dtype(at::kHalf));
   out.minv = at::empty_like(out.scale);
   if (T == 0 || B * H == 0) return out;
   auto st = at::cuda::getCurrentCUDAStream();
@@ -672,7 +673,7 @@ at::Tensor run_attention(const at::Tensor& q, const PackedBlock* k, const Packed
     p.v_bh = Tq * vc.size(3);
     p.vs = reinterpret_cast<const __half*>(vsc.data_ptr<at::Half>());
     p.vm = reinterpret_cast<const __half*>(vmn.data_ptr<at::Half>());
-    p.vs_bh = Tq * vsc.size(3);
+    p.vs_bh = vsc.size(2) * Tq;
     p.gv = v->group;
     p.T = int(Tq);
     p.tail = tail;

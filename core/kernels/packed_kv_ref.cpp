@@ -6,6 +6,7 @@
 
 #include "core/common/error.h"
 #include "core/kernels/packed_kv.h"
+#include "core/kernels/packed_layout.h"
 
 namespace kvx::kernels {
 
@@ -43,6 +44,11 @@ void quantize_group(const float* x, int64_t n, int64_t step, int bits, uint8_t* 
   *m_out = at::Half(lo);
 }
 
+// Row and bit of the code of channel d of token t (of T) in a block's words.
+layout::Slot code_at(int64_t t, int64_t T, int d, int bits, bool per_channel) {
+  return per_channel ? layout::Slot{t, layout::key_bit(d, bits)} : layout::value_slot(t, T, d, bits);
+}
+
 }  // namespace
 
 namespace ref {
@@ -60,7 +66,7 @@ PackedBlock quantize_pack(const at::Tensor& x_in, int bits, int group, bool per_
   out.per_channel = per_channel;
   out.codes = at::zeros({B, H, T, D / cpw}, at::kInt);
   auto hopt = at::TensorOptions().dtype(at::kHalf);
-  out.scale = per_channel ? at::empty({B, H, T / G, D}, hopt) : at::empty({B, H, T, D / G}, hopt);
+  out.scale = per_channel ? at::empty({B, H, T / G, D}, hopt) : at::empty({B, H, D / G, T}, hopt);
   out.minv = at::empty_like(out.scale);
   std::vector<uint8_t> codes(size_t(T * D));
   const float* px = x.data_ptr<float>();
@@ -78,14 +84,16 @@ PackedBlock quantize_pack(const at::Tensor& x_in, int bits, int group, bool per_
     } else {
       for (int64_t t = 0; t < T; ++t)
         for (int64_t g = 0; g < D / G; ++g) {
-          int64_t mi = (bh * T + t) * (D / G) + g;
+          int64_t mi = (bh * (D / G) + g) * T + t;
           quantize_group(xb + t * D + g * G, G, 1, bits, codes.data() + t * D + g * G, 1, ps + mi, pm + mi);
         }
     }
     uint32_t* cb = pc + bh * T * (D / cpw);
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t d = 0; d < D; ++d)
-        cb[t * (D / cpw) + d / cpw] |= uint32_t(codes[t * D + d]) << ((d % cpw) * bits);
+      for (int64_t d = 0; d < D; ++d) {
+        const auto slot = code_at(t, T, int(d), bits, per_channel);
+        cb[slot.row * (D / cpw) + d / cpw] |= uint32_t(codes[t * D + d]) << slot.bit;
+      }
   }
   return out;
 }
@@ -106,8 +114,9 @@ at::Tensor dequantize(const PackedBlock& b, at::ScalarType dtype) {
   for (int64_t bh = 0; bh < B * H; ++bh)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t d = 0; d < D; ++d) {
-        uint32_t q = (pc[(bh * T + t) * (D / cpw) + d / cpw] >> ((d % cpw) * b.bits)) & mask;
-        int64_t mi = b.per_channel ? (bh * (T / G) + t / G) * D + d : (bh * T + t) * (D / G) + d / G;
+        const auto slot = code_at(t, T, int(d), b.bits, b.per_channel);
+        uint32_t q = (pc[(bh * T + slot.row) * (D / cpw) + d / cpw] >> slot.bit) & mask;
+        int64_t mi = b.per_channel ? (bh * (T / G) + t / G) * D + d : (bh * (D / G) + d / G) * T + t;
         po[(bh * T + t) * D + d] = float(q) * ps[mi] + pm[mi];
       }
   return out.to(dtype);
@@ -145,10 +154,13 @@ PackedBlock concat(const PackedBlock& a, const PackedBlock& b) {
   if (!a.codes.defined()) return b;
   if (a.bits != b.bits || a.group != b.group || a.per_channel != b.per_channel)
     throw error("concat: blocks of different configurations");
+  // values pair tokens (2u, 2u + 1) in their words: an odd count would pair a's last token with b's first
+  if (!a.per_channel && a.tokens() % 2 != 0) throw error("concat: a per-token block of {} tokens (odd) cannot be extended", a.tokens());
   PackedBlock out = a;
+  const int stat_dim = a.per_channel ? 2 : 3;  // stats: [.., T/G, D] or [.., D/G, T]
   out.codes = at::cat({a.codes, b.codes}, 2);
-  out.scale = at::cat({a.scale, b.scale}, 2);
-  out.minv = at::cat({a.minv, b.minv}, 2);
+  out.scale = at::cat({a.scale, b.scale}, stat_dim);
+  out.minv = at::cat({a.minv, b.minv}, stat_dim);
   return out;
 }
 

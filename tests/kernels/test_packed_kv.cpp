@@ -13,13 +13,30 @@ namespace kk = kvx::kernels;
 
 namespace {
 
+// Codes of a block in [token][channel] order, read as packed_kv.h documents the words (restated
+// here, not taken from packed_layout.h): keys pair channels 2j, 2j + 1 at one bit of the two
+// half-words; values swap half-words between tokens 2u and 2u + 1 (an odd last token plain).
 std::vector<int> unpack_codes(const kk::PackedBlock& b) {
   auto c = b.codes.to(at::kCPU).contiguous();
   const int cpw = 32 / b.bits;
-  std::vector<int> out;
+  const int64_t T = c.size(2), W = c.size(3), D = W * cpw;
   const auto* p = reinterpret_cast<const uint32_t*>(c.data_ptr<int32_t>());
-  for (int64_t w = 0; w < c.numel(); ++w)
-    for (int i = 0; i < cpw; ++i) out.push_back(int((p[w] >> (i * b.bits)) & ((1u << b.bits) - 1)));
+  std::vector<int> out;
+  for (int64_t bh = 0; bh < c.size(0) * c.size(1); ++bh)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t d = 0; d < D; ++d) {
+        const int i = int(d % cpw);
+        int64_t row = t;
+        int bit = i * b.bits;
+        if (b.per_channel) {
+          const int src = b.bits == 8 ? i >> 1 : (i >> 2) & 1, k = b.bits == 8 ? 0 : ((i >> 1) & 1) | ((i >> 3) << 1);
+          bit = 16 * (i & 1) + 8 * src + b.bits * k;
+        } else if (t + 1 < T || t % 2 == 1) {  // in a token pair
+          row = t - t % 2 + bit / 16;
+          bit = 16 * int(t % 2) + bit % 16;
+        }
+        out.push_back(int((p[(bh * T + row) * W + d / cpw] >> bit) & ((1u << b.bits) - 1)));
+      }
   return out;
 }
 
@@ -67,6 +84,45 @@ TEST(PackedKVRef, WorkedExamplePerChannel) {
   }
 }
 
+// The key layout word by word: channel c alone at code 3 lands at the documented bit.
+TEST(PackedKVRef, KeyCodeBits) {
+  const std::vector<std::pair<int, std::vector<int>>> want = {
+      {2, {0, 16, 2, 18, 8, 24, 10, 26, 4, 20, 6, 22, 12, 28, 14, 30}},
+      {4, {0, 16, 4, 20, 8, 24, 12, 28}},
+      {8, {0, 16, 8, 24}}};
+  for (const auto& [bits, bit_of] : want)
+    for (int c = 0; c < int(bit_of.size()); ++c) {
+      auto x = at::zeros({1, 1, 2, 32 / bits});
+      x[0][0][0][c] = float((1 << bits) - 1);  // one group of 2 tokens: scale 1, min 0
+      auto b = kk::ref::quantize_pack(x, bits, 2, true);
+      const uint32_t w = uint32_t(b.codes[0][0][0][0].item<int32_t>());
+      EXPECT_EQ(w, uint32_t((1u << bits) - 1) << bit_of[c]) << bits << " bits, channel " << c;
+    }
+}
+
+// The value layout for three tokens of 16 channels at 2 bits, groups of 8 channels: plain words
+// (code i at bit 2i) 0xE4E4E4E4, 0x05AFFA50, 0x1B1B1B1B; tokens 0 and 1 swap half-words, token 2
+// stays plain; the statistics are group-major.
+TEST(PackedKVRef, ValueTokenPairsAndGroupMajorStats) {
+  auto x = at::empty({1, 1, 3, 16});
+  for (int c = 0; c < 16; ++c) {
+    x[0][0][0][c] = float(c % 4);
+    x[0][0][1][c] = c < 8 ? float(c / 2 % 4) : float(13 - c / 2 % 4);  // group 1: codes 3..0 above a min of 10
+    x[0][0][2][c] = float(3 - c % 4);
+  }
+  auto b = kk::ref::quantize_pack(x, 2, 8, false);
+  auto w = [&](int t) { return uint32_t(b.codes[0][0][t][0].item<int32_t>()); };
+  EXPECT_EQ(w(0), 0xFA50E4E4u);
+  EXPECT_EQ(w(1), 0x05AFE4E4u);
+  EXPECT_EQ(w(2), 0x1B1B1B1Bu);
+  ASSERT_EQ(b.minv.sizes(), at::IntArrayRef({1, 1, 2, 3}));  // [B, H, D/G, T]
+  EXPECT_EQ(b.minv[0][0][1][1].item<float>(), 10.f);
+  EXPECT_EQ(b.minv[0][0][0][2].item<float>(), 0.f);
+  EXPECT_TRUE(at::allclose(kk::ref::dequantize(b, at::kFloat), x));
+  kk::PackedBlock odd = b;
+  EXPECT_THROW(kk::concat(odd, b), std::exception);  // would pair token 2 with the next block's first
+}
+
 TEST(PackedKVRef, RoundTripErrorWithinHalfScale) {
   at::manual_seed(1);
   for (int bits : {2, 4, 8})
@@ -77,7 +133,7 @@ TEST(PackedKVRef, RoundTripErrorWithinHalfScale) {
         auto y = kk::ref::dequantize(b, at::kFloat);
         // scale per element, broadcast back to [B, H, T, D]
         auto s = b.scale.to(at::kFloat);
-        s = pc ? s.repeat_interleave(g, 2) : s.repeat_interleave(std::min(g, 128), 3);
+        s = pc ? s.repeat_interleave(g, 2) : s.transpose(2, 3).repeat_interleave(std::min(g, 128), 3);
         auto excess = ((x - y).abs() - s / 2).max().item<float>();
         // fp16 storage of scale and min adds at most a few ulps of the group's range
         EXPECT_LT(excess, 2e-3 * x.abs().max().item<float>()) << bits << " " << pc << " " << g;

@@ -1,0 +1,49 @@
+// Where a code lies in the packed words of packed_kv.h: the one definition the CPU reference, the
+// CUDA pack/dequantize kernels and the fused attention kernel share. Chosen so that the attention
+// kernel makes its tensor-core fragments with one LOP3 per fp16 pair (and a shift per word for the
+// codes in the upper byte of the half-words), with no byte permutes:
+//   keys (per-channel groups)  channels 2j and 2j + 1 sit at the same bit of the low and high
+//        half-words (a query pair (2j, 2j + 1) multiplies them as they lie);
+//   values (per-token groups)  tokens 2u and 2u + 1 swap half-words (a pair of tokens of one
+//        channel is one fp16 pair of the value mma's A operand).
+// The word of a code is always that of the plain layout: channel c in word c / (32/bits) of its
+// token's row (values: of its token pair's rows).
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define KVX_HD __host__ __device__
+#else
+#define KVX_HD
+#endif
+
+namespace kvx::kernels::layout {
+
+// Plain: code i of a word (channel c, i = c % (32/bits)) at bit i·bits.
+KVX_HD constexpr int plain_bit(int c, int bits) { return (c % (32 / bits)) * bits; }
+
+// Keys: pair pw (0 .. 16/bits - 1) of a word takes byte src of each half-word, code k of that byte.
+// Pairs 4i + r (r = 0..3) of a 32-channel chunk: r = 0, 2 share k, r = 1, 3 share k (the attention
+// kernel's per-group bias mma multiplies them by one constant).
+KVX_HD constexpr int key_pair_src(int pw, int bits) { return bits == 8 ? pw : (pw >> 1) & 1; }
+KVX_HD constexpr int key_pair_code(int pw, int bits) { return bits == 8 ? 0 : (pw & 1) | ((pw >> 2) << 1); }
+KVX_HD constexpr int key_pair_bit(int pw, int bits) { return 8 * key_pair_src(pw, bits) + bits * key_pair_code(pw, bits); }
+// Bit of channel c's key code in its word.
+KVX_HD constexpr int key_bit(int c, int bits) {
+  const int i = c % (32 / bits);
+  return 16 * (i & 1) + key_pair_bit(i >> 1, bits);
+}
+
+// Values: half-word h of token 2u + s's plain word is stored as half-word s of row 2u + h; the last
+// token of an odd count stays plain.
+struct Slot {
+  int64_t row;
+  int bit;
+};
+KVX_HD constexpr Slot value_slot(int64_t t, int64_t T, int c, int bits) {
+  const int pb = plain_bit(c, bits);
+  if ((t | 1) >= T) return {t, pb};
+  return {(t & ~int64_t(1)) + pb / 16, 16 * int(t & 1) + pb % 16};
+}
+
+}  // namespace kvx::kernels::layout
