@@ -280,23 +280,25 @@ template <bool FOLD>
 __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float scale, const float (&off)[2],
                                                uint32_t (&pb)[4], float (&m_run)[2], ColumnSums& cs,
                                                float (&acc)[8][4]) {
-  float top[2];
+  float mx[2], o[2];  // the lane's raw max per column; exponent offsets off - m_run
   bool over = false;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    top[h] = fmaf(fmaxf(fmaxf(d[0][h], d[0][h + 2]), fmaxf(d[1][h], d[1][h + 2])), scale, off[h]);
-    over |= top[h] > m_run[h] + kMaxSlack;
+    mx[h] = fmaxf(fmaxf(d[0][h], d[0][h + 2]), fmaxf(d[1][h], d[1][h + 2]));
+    o[h] = off[h] - m_run[h];
+    over |= fmaf(mx[h], scale, o[h]) > kMaxSlack;  // +inf before the first tile
   }
   if (__any_sync(kFullMask, over)) {
     float corr[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float tmax = top[h];
+      float tmax = fmaf(mx[h], scale, off[h]);
 #pragma unroll
-      for (int o = 4; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, o));
+      for (int i = 4; i < 32; i <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, i));
       const float m_new = fmaxf(m_run[h], tmax);
       corr[h] = fast_exp2(m_run[h] - m_new);
       m_run[h] = m_new;
+      o[h] = off[h] - m_new;
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -315,11 +317,10 @@ __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float sca
       }
     }
   }
-  const float o0 = off[0] - m_run[0], o1 = off[1] - m_run[1];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int bb = i / 2, e = 2 * (i % 2);
-    pb[i] = transpose8x8(h2u(__floats2half2_rn(fast_exp2(fmaf(d[bb][e], scale, o0)), fast_exp2(fmaf(d[bb][e + 1], scale, o1)))));
+    pb[i] = transpose8x8(h2u(__floats2half2_rn(fast_exp2(fmaf(d[bb][e], scale, o[0])), fast_exp2(fmaf(d[bb][e + 1], scale, o[1])))));
   }
   column_total(cs.l, pb[0], pb[1], pb[2], pb[3]);
 }

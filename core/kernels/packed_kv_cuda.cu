@@ -111,10 +111,11 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
 //           cancel exactly), from 8 mma when a key group starts.
 //   values  the token's scale multiplies the probabilities instead (B = P·s) when the mma's 8
 //           columns can hold every value group of a token (NG groups: gv = 128, or gv = 64 with
-//           nrep <= 4, the heads repeated per group); the column sums of P·s (times each row's
-//           bias, subtracted at the end) and P·min (added at the end) run on the tensor cores. Else
-//           the scale changes along the mma rows, and values keep two more HFMA2-class operations:
-//           exact code, then code·scale + min.
+//           nrep <= 4, the heads repeated per group). Then a code needs no magic either: word & mask
+//           is the fp16 subnormal code·2^(n-24), exact, and a row's accumulator scales back by
+//           2^(24-n) at the end; the column sums of P·min (added at the end) run on the tensor
+//           cores. Else the scale changes along the mma rows, and values keep two more HFMA2-class
+//           operations: exact code, then code·scale + min.
 // fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
 __host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
 __host__ __device__ constexpr uint32_t neg_bias2(int lo, int hi) {
@@ -124,13 +125,13 @@ __host__ __device__ constexpr uint32_t neg_bias2(int n) { return neg_bias2(n, n)
 
 // Code index (of its byte) of key pair P (channels 2P, 2P + 1) of a lane's 32-channel chunk.
 template <int B>
-__host__ __device__ constexpr int key_code(int P) { return layout::key_pair_code(P % (16 / B), B); }
+__host__ __device__ constexpr int key_code(int P) { return layout::key_pair_code(P % (16 / B)); }
 // 2^(10-n) + code for the two codes of key pair P (n = B·key_code(P)), from the chunk's B words.
 template <int B, int P>
 __device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
   constexpr int PPW = 16 / B;
   constexpr uint32_t mask = ((1u << B) - 1) << (B * key_code<B>(P));
-  const uint32_t s = layout::key_pair_src(P % PPW, B) ? (w[P / PPW] >> 8) : w[P / PPW];
+  const uint32_t s = P % 2 ? (w[P / PPW] >> 8) : w[P / PPW];  // byte 1 of the half-words: pairs pw odd
   return and_or<mask | (mask << 16)>(s, code_magic2(B * key_code<B>(P)));
 }
 
@@ -140,9 +141,16 @@ __device__ __forceinline__ uint32_t value_code(uint32_t y) {
   constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
   return and_or<mask | (mask << 16)>(y, code_magic2(B * K));
 }
+// Code k of each byte-pair half of y as the fp16 subnormal code·2^(n-24) (n = B·k), exactly; the
+// tensor cores multiply subnormals as they are.
+template <int B, int K>
+__device__ __forceinline__ uint32_t value_code_subnormal(uint32_t y) {
+  constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
+  return y & (mask | (mask << 16));
+}
 template <int B>
-__host__ __device__ constexpr float value_bias(int k) {
-  return float(1 << (10 - B * k));
+__host__ __device__ constexpr float value_unit(int k) {
+  return float(1 << (24 - B * k));
 }
 
 // Dequantized value pair code·scale + min (several value groups per token).
@@ -365,16 +373,17 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
         sv[j] = h2u(__hmul2(u2h(qn[j]), u2h(sv[j])));
         ka[j / 2][j % 2] = sv[j];
       }
-      // Row g of A is column g's query (one quad of natural pairs: 4i, 4i + 1 in rows g, 4i + 2,
-      // 4i + 3 in rows g + 8). -Σ q·s·2^(10-n): A = q·s against B = -2^(10-n) of each pair (pairs 4i
-      // and 4i + 2 share n, as 4i + 1 and 4i + 3 do), every row useful, D[g] + D[g + 8]
-      // (column_total's layout). Σ q·min: A = q against B = the mins, even columns those of rows g,
-      // odd ones those of rows g + 8: D[g][2t] + D[g + 8][2t + 1].
+      // Row g of A is column g's query. -Σ q·s·2^(10-n): A = q·s (pairs 4i, 4i + 2 in rows g, 4i + 1,
+      // 4i + 3 in rows g + 8: registers as the score mma's B pairs hold them) against B = -2^(10-n) of
+      // each pair (pairs 4i and 4i + 1 share n, as 4i + 2 and 4i + 3 do), D[g] + D[g + 8]
+      // (column_total's layout). Σ q·min: A = q (pairs 4i, 4i + 1 in rows g, 4i + 2, 4i + 3 in rows
+      // g + 8: load_query's quad order) against B = the mins, even columns those of rows g, odd ones
+      // those of rows g + 8: D[g][2t] + D[g + 8][2t + 1].
       float dn[4] = {0.f, 0.f, 0.f, 0.f}, dm[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int I = 0; I < 4; ++I) {
-        mma16816(dn, sv[4 * I], sv[4 * I + 2], sv[4 * I + 1], sv[4 * I + 3], neg_bias2(BK * key_code<BK>(4 * I)),
-                 neg_bias2(BK * key_code<BK>(4 * I + 1)));
+        mma16816(dn, sv[4 * I], sv[4 * I + 1], sv[4 * I + 2], sv[4 * I + 3], neg_bias2(BK * key_code<BK>(4 * I)),
+                 neg_bias2(BK * key_code<BK>(4 * I + 2)));
         mma16816(dm, qn[4 * I], qn[4 * I + 2], qn[4 * I + 1], qn[4 * I + 3], mv[I][0], mv[I][1]);
       }
       const float cg[4] = {dn[0] + dm[0] + dm[3], 0.f, dn[2], 0.f};  // row g's constant: column_value
@@ -404,11 +413,10 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
       }
     uint32_t pb[4];
     online_softmax<FOLD>(d, p.scale_log2, crs, pb, m_run, cs, acc);
-    if constexpr (FOLD) {  // the column sums of P·min and P·scale for the biases; B = P·scale
+    if constexpr (FOLD) {  // the column sums of P·min; B = P·scale
       weighted_column_total(cs.m, pb[0], pb[1], pb[2], pb[3], vm2[0][0], vm2[1][0]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) pb[i] = h2u(__hmul2(u2h(pb[i]), u2h(vs2[i / 2][i % 2])));
-      column_total(cs.s, pb[0], pb[1], pb[2], pb[3]);
     }
     // ---- values: Oᵀ[16g + jj, col] over the 16 tokens of step v
 #pragma unroll
@@ -427,8 +435,8 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
           const int jb = wi * (32 / BV) + be * VCPB;
 #define KVX_VCODE(K)                                                       \
   if constexpr (FOLD) {                                                    \
-    x01[jb + K] = value_code<BV, K>(y01);                                  \
-    x89[jb + K] = value_code<BV, K>(y89);                                  \
+    x01[jb + K] = value_code_subnormal<BV, K>(y01);                        \
+    x89[jb + K] = value_code_subnormal<BV, K>(y89);                        \
   } else {                                                                 \
     x01[jb + K] = value_pair<BV, K>(y01, u2h(vs2[v][0]), u2h(vm2[v][0]));  \
     x89[jb + K] = value_pair<BV, K>(y89, u2h(vs2[v][1]), u2h(vm2[v][1]));  \
@@ -442,6 +450,11 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
       for (int j = 0; j < 8; ++j) mma16816(acc[j], x01[2 * j], x01[2 * j + 1], x89[2 * j], x89[2 * j + 1], b0, b1);
     }
   }
+  if constexpr (FOLD)  // rows hold Σ code·2^(n-24)·P·s: back to Σ code·P·s (powers of 2, exact)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] *= value_unit<BV>((2 * j + e / 2) % VCPB);
   // ---- the full-precision tail (KVQ's residual) in the same launch: the last warp of the last split
   // (whose packed range the host shortened to make room) takes its 32-token tiles, in fp16 on the
   // tensor cores against q as is (bf16 rows convert exactly).
@@ -451,15 +464,14 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     for (int r0 = 0; r0 < p.tail.R; r0 += kFastTile)
       attend_dense_tile<NaturalPair, FOLD>(p.tail, bh, r0, qf, p.scale_log2, m_run, cs, acc);
   }
-  // FOLD: row r holds Σ (bias_r + code)·P·s; take out bias_r·Σ P·s and add Σ P·min.
-  if constexpr (FOLD) {
+  if constexpr (FOLD) {  // + Σ P·min
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float ps = column_value(cs.s, 2 * t + h), pm = split_column_value(cs.m, 2 * t + h, nh);
+      const float pm = split_column_value(cs.m, 2 * t + h, nh);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) acc[j][2 * e + h] += pm - value_bias<BV>((2 * j + e) % VCPB) * ps;
+        for (int e = 0; e < 2; ++e) acc[j][2 * e + h] += pm;
     }
   }
   __syncthreads();  // the merge reuses the rings

@@ -22,12 +22,11 @@ namespace kvx::kernels::layout {
 // Plain: code i of a word (channel c, i = c % (32/bits)) at bit i·bits.
 KVX_HD constexpr int plain_bit(int c, int bits) { return (c % (32 / bits)) * bits; }
 
-// Keys: pair pw (0 .. 16/bits - 1) of a word takes byte src of each half-word, code k of that byte.
-// Pairs 4i + r (r = 0..3) of a 32-channel chunk: r = 0, 2 share k, r = 1, 3 share k (the attention
-// kernel's per-group bias mma multiplies them by one constant).
-KVX_HD constexpr int key_pair_src(int pw, int bits) { return bits == 8 ? pw : (pw >> 1) & 1; }
-KVX_HD constexpr int key_pair_code(int pw, int bits) { return bits == 8 ? 0 : (pw & 1) | ((pw >> 2) << 1); }
-KVX_HD constexpr int key_pair_bit(int pw, int bits) { return 8 * key_pair_src(pw, bits) + bits * key_pair_code(pw, bits); }
+// Keys: pair pw (0 .. 16/bits - 1) of a word takes byte pw % 2 of each half-word, code pw / 2 of that
+// byte: pairs 4i + r of a 32-channel chunk share the code for r = 0, 1 and for r = 2, 3 (the
+// attention kernel's per-group bias mma multiplies them by one constant).
+KVX_HD constexpr int key_pair_code(int pw) { return pw >> 1; }
+KVX_HD constexpr int key_pair_bit(int pw, int bits) { return 8 * (pw & 1) + bits * key_pair_code(pw); }
 // Bit of channel c's key code in its word.
 KVX_HD constexpr int key_bit(int c, int bits) {
   const int i = c % (32 / bits);
