@@ -95,7 +95,7 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
   const int d = threadIdx.x;
   const int64_t t = blockIdx.x, bh = blockIdx.y;
   const int cpw = 32 / bits;
-  const auto slot = per_channel ? layout::Slot{t, layout::key_bit(d, bits)} : layout::value_slot(t, T_len, d, bits);
+  const auto slot = layout::code_slot(t, T_len, d, bits, per_channel);
   const uint32_t q = (codes[(bh * T_len + slot.row) * (D / cpw) + d / cpw] >> slot.bit) & ((1u << bits) - 1);
   const int64_t mi = per_channel ? (bh * (T_len / G) + t / G) * D + d : (bh * (D / G) + d / G) * T_len + t;
   out[(bh * T_len + t) * D + d] = float(q) * __half2float(sc[mi]) + __half2float(mn[mi]);
@@ -118,10 +118,7 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
 //           operations: exact code, then code·scale + min.
 // fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
 __host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
-__host__ __device__ constexpr uint32_t neg_bias2(int lo, int hi) {
-  return uint32_t(0x8000 | ((25 - lo) << 10)) | uint32_t(0x8000 | ((25 - hi) << 10)) << 16;
-}
-__host__ __device__ constexpr uint32_t neg_bias2(int n) { return neg_bias2(n, n); }
+__host__ __device__ constexpr uint32_t neg_bias2(int n) { return uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u; }
 
 // Code index (of its byte) of key pair P (channels 2P, 2P + 1) of a lane's 32-channel chunk.
 template <int B>

@@ -44,11 +44,6 @@ void quantize_group(const float* x, int64_t n, int64_t step, int bits, uint8_t* 
   *m_out = at::Half(lo);
 }
 
-// Row and bit of the code of channel d of token t (of T) in a block's words.
-layout::Slot code_at(int64_t t, int64_t T, int d, int bits, bool per_channel) {
-  return per_channel ? layout::Slot{t, layout::key_bit(d, bits)} : layout::value_slot(t, T, d, bits);
-}
-
 }  // namespace
 
 namespace ref {
@@ -91,7 +86,7 @@ PackedBlock quantize_pack(const at::Tensor& x_in, int bits, int group, bool per_
     uint32_t* cb = pc + bh * T * (D / cpw);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t d = 0; d < D; ++d) {
-        const auto slot = code_at(t, T, int(d), bits, per_channel);
+        const auto slot = layout::code_slot(t, T, int(d), bits, per_channel);
         cb[slot.row * (D / cpw) + d / cpw] |= uint32_t(codes[t * D + d]) << slot.bit;
       }
   }
@@ -114,7 +109,7 @@ at::Tensor dequantize(const PackedBlock& b, at::ScalarType dtype) {
   for (int64_t bh = 0; bh < B * H; ++bh)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t d = 0; d < D; ++d) {
-        const auto slot = code_at(t, T, int(d), b.bits, b.per_channel);
+        const auto slot = layout::code_slot(t, T, int(d), b.bits, b.per_channel);
         uint32_t q = (pc[(bh * T + slot.row) * (D / cpw) + d / cpw] >> slot.bit) & mask;
         int64_t mi = b.per_channel ? (bh * (T / G) + t / G) * D + d : (bh * (D / G) + d / G) * T + t;
         po[(bh * T + t) * D + d] = float(q) * ps[mi] + pm[mi];

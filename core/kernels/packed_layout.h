@@ -45,4 +45,9 @@ KVX_HD constexpr Slot value_slot(int64_t t, int64_t T, int c, int bits) {
   return {(t & ~int64_t(1)) + pb / 16, 16 * int(t & 1) + pb % 16};
 }
 
+// Row and bit of the code of channel c of token t (of T) in a block's words.
+KVX_HD constexpr Slot code_slot(int64_t t, int64_t T, int c, int bits, bool per_channel) {
+  return per_channel ? Slot{t, key_bit(c, bits)} : value_slot(t, T, c, bits);
+}
+
 }  // namespace kvx::kernels::layout
