@@ -135,13 +135,14 @@ struct NaturalPair {
   __host__ __device__ static constexpr int hi(int p) { return 2 * p + 1; }
 };
 
-// A lane's 16 query pairs sit in qf_s in quad order (pairs 4i, 4i+2, 4i+1, 4i+3 in words 4i..4i+3):
-// a 16-byte load is then the A fragment of a column product over the lane's query (rows g: pairs 4i,
-// 4i+1; rows g+8: 4i+2, 4i+3; the packed kernel's group constants), with no register moves.
+// A lane's 16 query pairs sit in its row of QueryFragments in quad order (pairs 4i, 4i+2, 4i+1, 4i+3
+// in words 4i..4i+3): a 16-byte load is then the A fragment of a column product over the lane's
+// query (rows g: pairs 4i, 4i+1; rows g+8: 4i+2, 4i+3; the packed kernel's group constants), with no
+// register moves. Rows are 20 words: the 16-byte loads of 8 lanes (rows 80 bytes apart) fall in 8
+// different bank quads, at offsets from one address register.
 __host__ __device__ constexpr int quad_order(int j) { return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1); }
-// Word of lane ln's row of qf_s that holds its word w: the 16-byte chunks swap by (ln / 2) % 4, so
-// that the 16-byte loads of 8 lanes (rows 64 bytes apart) fall in 8 different bank quads.
-__host__ __device__ constexpr int query_word(int ln, int w) { return (w ^ (((ln >> 1) & 3) << 2)); }
+constexpr int kQueryRow = 20;
+using QueryFragments = uint32_t[32][kQueryRow];
 
 // Whether pairs 2w and 2w + 1 of the pairing KP take channels 4w + (those of pairs 0 and 1, all
 // within 0..3): a quad of query channels then fills both, the same way for every quad.
@@ -158,29 +159,39 @@ __host__ __device__ constexpr bool pairs_repeat_per_quad() {
 // The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[h][32t +
 // lo], q[h][32t + hi]) for pair pp of the pairing KP (NaturalPair or KeyPair<8>), with column g
 // holding head h = g % nh (nh = 8, or fewer when the columns repeat the heads once per value group),
-// zeros for heads past nrep. A thread takes a quad of channels of one column (its pairs 2w, 2w + 1).
-// Ends with a barrier.
-template <class KP>
-__device__ __forceinline__ void stage_query(uint32_t (&qf_s)[32][16], const void* q, int q_type, int64_t q_bs, int b,
-                                            int hkv, int nrep, int nh) {
+// zeros for heads past nrep; into *scaled too (if given), times pair_scale(pp) (a power of 2). A
+// thread takes a quad of channels of one column (its pairs 2w, 2w + 1). Ends with a barrier.
+struct UnitPairScale {
+  __device__ float operator()(int) const { return 1.f; }
+};
+template <class KP, class PairScale = UnitPairScale>
+__device__ __forceinline__ void stage_query(QueryFragments& qf_s, const void* q, int q_type, int64_t q_bs, int b,
+                                            int hkv, int nrep, int nh, QueryFragments* scaled = nullptr,
+                                            PairScale pair_scale = {}) {
   static_assert(pairs_repeat_per_quad<KP>(), "stage_query reads the query a channel quad at a time");
   for (int i = threadIdx.x; i < 8 * kD / 4; i += blockDim.x) {
     const int g = i / (kD / 4), quad = i % (kD / 4), hh = g % nh, ln = 4 * g + quad / 8, w = quad % 8;
     float x[4] = {0.f, 0.f, 0.f, 0.f};
     if (hh < nrep) load_q_run(q, q_type, int64_t(b) * q_bs + (int64_t(hkv) * nrep + hh) * kD + 4 * quad, x);
 #pragma unroll
-    for (int pl = 0; pl < 2; ++pl)
-      qf_s[ln][query_word(ln, quad_order(2 * w + pl))] = h2u(__floats2half2_rn(x[KP::lo(pl)], x[KP::hi(pl)]));
+    for (int pl = 0; pl < 2; ++pl) {
+      const int pp = 2 * w + pl;
+      qf_s[ln][quad_order(pp)] = h2u(__floats2half2_rn(x[KP::lo(pl)], x[KP::hi(pl)]));
+      if (scaled) {
+        const float f = pair_scale(pp);
+        (*scaled)[ln][quad_order(pp)] = h2u(__floats2half2_rn(x[KP::lo(pl)] * f, x[KP::hi(pl)] * f));
+      }
+    }
   }
   __syncthreads();
 }
 
-// This lane's query fragments from stage_query's qf_s (qf[2S], qf[2S + 1]: k-step S).
-__device__ __forceinline__ void load_query(const uint32_t (&qf_s)[32][16], uint32_t (&qf)[16]) {
+// This lane's query fragments from stage_query's rows (qf[2S], qf[2S + 1]: k-step S).
+__device__ __forceinline__ void load_query(const QueryFragments& qf_s, uint32_t (&qf)[16]) {
+  const uint32_t* row = qf_s[threadIdx.x % 32];
 #pragma unroll
   for (int c = 0; c < 4; ++c) {  // chunk c of quad order: pairs 4c, 4c + 2, 4c + 1, 4c + 3
-    const int ln = threadIdx.x % 32;
-    const uint4 x = *reinterpret_cast<const uint4*>(&qf_s[ln][query_word(ln, 4 * c)]);
+    const uint4 x = *reinterpret_cast<const uint4*>(row + 4 * c);
     qf[4 * c] = x.x;
     qf[4 * c + 2] = x.y;
     qf[4 * c + 1] = x.z;

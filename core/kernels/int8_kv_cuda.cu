@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
   allow_dependent_launch();
   constexpr int KROW = 32, VROW = 32;  // words per int8 row
   using KP = KeyPair<8>;
-  __shared__ __align__(16) uint32_t qf_s[32][16];  // as in packed_attention_kernel
+  __shared__ __align__(16) QueryFragments qf_s;
   __shared__ SplitMerge merge;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;

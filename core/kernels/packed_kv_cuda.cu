@@ -102,48 +102,48 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ codes, const __ha
 }
 
 // ---------------------------------------------------------------- tensor-core packed decode attention
-// The mma layout is decode_mma.cuh's. A code becomes fp16 with one LOP3 and no conversion: (word &
-// mask) | magic(n) puts code k of a byte (bits n = b·k up) in the mantissa under the exponent that
-// makes it read as 2^(10-n) + code exactly. The decode is bound by instruction issue and latency,
-// so every per-element operation after that LOP3 leaves the token loop:
-//   keys    the query side carries the per-channel scale (qs = q·s, fp16); the biases come out with
-//           the per-group constant Σ_c q_c·min_c - Σ_c qs_c·2^(10-n_c) (the same fp16 qs, so they
-//           cancel exactly), from 8 mma when a key group starts.
+// The mma layout is decode_mma.cuh's. A code becomes fp16 with one LOP3 and no conversion: word &
+// mask, for code k of a byte (bits n = b·k up), is the fp16 subnormal code·2^(n-24), exact (the
+// tensor cores multiply subnormals as they are). The decode is bound by instruction issue and
+// latency, so every per-element operation after that LOP3 leaves the token loop:
+//   keys    the query side carries the per-channel scale and the code's 2^-n (qs = q·2^-n·s, fp16:
+//           one n per k-step, the query staged scaled); the scores come out times 2^-24, which the
+//           softmax's scale takes back, plus the per-group constant Σ_c q_c·min_c from 4 mma when a
+//           key group starts.
 //   values  the token's scale multiplies the probabilities instead (B = P·s) when the mma's 8
 //           columns can hold every value group of a token (NG groups: gv = 128, or gv = 64 with
-//           nrep <= 4, the heads repeated per group). Then a code needs no magic either: word & mask
-//           is the fp16 subnormal code·2^(n-24), exact, and a row's accumulator scales back by
+//           nrep <= 4, the heads repeated per group). Then a row's accumulator scales back by
 //           2^(24-n) at the end; the column sums of P·min (added at the end) run on the tensor
-//           cores. Else the scale changes along the mma rows, and values keep two more HFMA2-class
-//           operations: exact code, then code·scale + min.
+//           cores. Else the scale changes along the mma rows: (word & mask) | magic(n) reads as
+//           2^(10-n) + code exactly, and values keep two more HFMA2-class operations: exact code,
+//           then code·scale + min.
 // fp16 pairs: the exponent under which mantissa bits n up read as 2^(10-n) + code, and -2^(10-n).
 __host__ __device__ constexpr uint32_t code_magic2(int n) { return uint32_t((25 - n) << 10) * 0x10001u; }
 __host__ __device__ constexpr uint32_t neg_bias2(int n) { return uint32_t(0x8000 | ((25 - n) << 10)) * 0x10001u; }
 
-// Code index (of its byte) of key pair P (channels 2P, 2P + 1) of a lane's 32-channel chunk.
-template <int B>
-__host__ __device__ constexpr int key_code(int P) { return layout::key_pair_code(P % (16 / B)); }
-// 2^(10-n) + code for the two codes of key pair P (n = B·key_code(P)), from the chunk's B words.
-template <int B, int P>
-__device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
-  constexpr int PPW = 16 / B;
-  constexpr uint32_t mask = ((1u << B) - 1) << (B * key_code<B>(P));
-  const uint32_t s = P % 2 ? (w[P / PPW] >> 8) : w[P / PPW];  // byte 1 of the half-words: pairs pw odd
-  return and_or<mask | (mask << 16)>(s, code_magic2(B * key_code<B>(P)));
+// Code k of each byte-pair half of y as the fp16 subnormal code·2^(n-24) (n = B·k), exactly.
+template <int B, int K>
+__device__ __forceinline__ uint32_t code_subnormal(uint32_t y) {
+  constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
+  return y & (mask | (mask << 16));
 }
-
 // Code k of each byte-pair half of y as 2^(10-n) + code (n = B·k), exactly.
 template <int B, int K>
 __device__ __forceinline__ uint32_t value_code(uint32_t y) {
   constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
   return and_or<mask | (mask << 16)>(y, code_magic2(B * K));
 }
-// Code k of each byte-pair half of y as the fp16 subnormal code·2^(n-24) (n = B·k), exactly; the
-// tensor cores multiply subnormals as they are.
-template <int B, int K>
-__device__ __forceinline__ uint32_t value_code_subnormal(uint32_t y) {
-  constexpr uint32_t mask = ((1u << B) - 1) << (B * K);
-  return y & (mask | (mask << 16));
+
+// Code index (of its byte) of key pair P (channels 2P, 2P + 1) of a lane's 32-channel chunk: the
+// same for the two pairs of a k-step.
+template <int B>
+__host__ __device__ constexpr int key_code(int P) { return layout::key_pair_code(P % (16 / B)); }
+// The two codes of key pair P as subnormals (code_subnormal), from the chunk's B words.
+template <int B, int P>
+__device__ __forceinline__ uint32_t key_pair(const uint32_t (&w)[B]) {
+  constexpr int PPW = 16 / B;
+  const uint32_t s = P % 2 ? (w[P / PPW] >> 8) : w[P / PPW];  // byte 1 of the half-words: pairs pw odd
+  return code_subnormal<B, key_code<B>(P)>(s);
 }
 template <int B>
 __host__ __device__ constexpr float value_unit(int k) {
@@ -290,15 +290,17 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   constexpr int VCPB = 8 / BV;  // value codes per byte
   constexpr int S = packed_stages(BK, BV);
   constexpr bool FOLD = NG > 0;
-  // Query fragments of lane (g, t) in natural pairs: word p = half2(q[h][32t + 2p], q[h][32t + 2p + 1]).
-  __shared__ __align__(16) uint32_t qf_s[32][16];
+  // Query fragments of lane (g, t) in natural pairs: word p = half2(q[h][32t + 2p], q[h][32t + 2p + 1]);
+  // qh_s: times the 2^-n of the key codes they meet
+  __shared__ __align__(16) QueryFragments qf_s, qh_s;
   extern __shared__ __align__(16) unsigned char stages[];  // the warps' rings; then the block merge
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
   const int nh = FOLD ? 8 / NG : 8;  // columns per value group
   const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  stage_query<NaturalPair>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, nh);
+  stage_query<NaturalPair>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, nh, &qh_s,
+                           [](int pp) { return 1.f / float(1 << (BK * key_code<BK>(pp))); });
 
   const int vg = FOLD ? NG : kD / p.gv;             // value groups per token
   const int vgi = FOLD ? g / nh : (16 * g) / p.gv;  // the group of the scales this lane reads
@@ -330,8 +332,9 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-  uint32_t ka[8][2];          // B fragments of q·s, k-step S
+  uint32_t ka[8][2];          // B fragments of q·2^-n·s, k-step S
   float crs[2] = {0.f, 0.f};  // per-group score constant of each column, times scale_log2
+  const float key_scale_log2 = p.scale_log2 * 0x1p24f;  // the key codes are code·2^(n-24)
 
   int read_off = 0, write_off = (S - 1) * sb;  // ring bytes of the tile read next / copied next
   // Two tiles per pass: ptxas then schedules one tile's loads and code extraction against the other's
@@ -356,38 +359,30 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     // with FOLD those of pair h = g % 2 only (the B column of the sums of P·min)
     uint32_t vs2[2][2], vm2[2][2];
 
-    // ---- a new key group: query fragments q·s and the constant Σ q·min - Σ q·s·2^(10-n)
+    // ---- a new key group: query fragments q·2^-n·s and the constant Σ q·min
     if (starts_group(i)) {
-      // natural pairs (channels 2j, 2j + 1 of the lane's 32): the query, the scales as they lie in the
-      // stage, and the mins of the pairs 4i + 2(g & 1), 4i + 2(g & 1) + 1 (this lane's B column below)
+      // natural pairs (channels 2j, 2j + 1 of the lane's 32): the scaled query, then the query; the
+      // scales as they lie in the stage, and the mins of the pairs 4i + 2(g & 1), 4i + 2(g & 1) + 1
+      // (this lane's B column below)
       uint32_t qn[16], sv[16], mv[4][2];
-      load_query(qf_s, qn);
+      load_query(qh_s, qn);
       lds_words(ksb + 16 * t, sv);
 #pragma unroll
+      for (int j = 0; j < 16; ++j) ka[j / 2][j % 2] = h2u(__hmul2(u2h(qn[j]), u2h(sv[j])));
+      load_query(qf_s, qn);
+#pragma unroll
       for (int I = 0; I < 4; ++I) lds_words(ksb + 64 + 16 * t + 4 * I + 2 * (g & 1), mv[I]);
+      // Row g of A is column g's query (pairs 4i, 4i + 1 in rows g, 4i + 2, 4i + 3 in rows g + 8:
+      // load_query's quad order) against B = the mins, even columns those of rows g, odd ones those of
+      // rows g + 8: column g's Σ q·min is D[g][2t] + D[g + 8][2t + 1] of the lanes t = 0.
+      float dm[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {  // q·s, paired as the key codes are (packed_layout.h)
-        sv[j] = h2u(__hmul2(u2h(qn[j]), u2h(sv[j])));
-        ka[j / 2][j % 2] = sv[j];
-      }
-      // Row g of A is column g's query. -Σ q·s·2^(10-n): A = q·s (pairs 4i, 4i + 2 in rows g, 4i + 1,
-      // 4i + 3 in rows g + 8: registers as the score mma's B pairs hold them) against B = -2^(10-n) of
-      // each pair (pairs 4i and 4i + 1 share n, as 4i + 2 and 4i + 3 do), D[g] + D[g + 8]
-      // (column_total's layout). Σ q·min: A = q (pairs 4i, 4i + 1 in rows g, 4i + 2, 4i + 3 in rows
-      // g + 8: load_query's quad order) against B = the mins, even columns those of rows g, odd ones
-      // those of rows g + 8: D[g][2t] + D[g + 8][2t + 1].
-      float dn[4] = {0.f, 0.f, 0.f, 0.f}, dm[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int I = 0; I < 4; ++I) {
-        mma16816(dn, sv[4 * I], sv[4 * I + 1], sv[4 * I + 2], sv[4 * I + 3], neg_bias2(BK * key_code<BK>(4 * I)),
-                 neg_bias2(BK * key_code<BK>(4 * I + 2)));
-        mma16816(dm, qn[4 * I], qn[4 * I + 2], qn[4 * I + 1], qn[4 * I + 3], mv[I][0], mv[I][1]);
-      }
-      const float cg[4] = {dn[0] + dm[0] + dm[3], 0.f, dn[2], 0.f};  // row g's constant: column_value
-      crs[0] = column_value(cg, 2 * t) * p.scale_log2;
-      crs[1] = column_value(cg, 2 * t + 1) * p.scale_log2;
+      for (int I = 0; I < 4; ++I) mma16816(dm, qn[4 * I], qn[4 * I + 2], qn[4 * I + 1], qn[4 * I + 3], mv[I][0], mv[I][1]);
+      const float cg = dm[0] + dm[3];
+      crs[0] = __shfl_sync(kFullMask, cg, 4 * (2 * t)) * p.scale_log2;
+      crs[1] = __shfl_sync(kFullMask, cg, 4 * (2 * t + 1)) * p.scale_log2;
     }
-    // ---- scores Sᵀ[tok, col] = d·scale_log2 + crs[col], 16 tokens per mma (A = key codes, B = q·s)
+    // ---- scores Sᵀ[tok, col] = d·2^24·scale_log2 + crs[col], 16 tokens per mma (A = key codes, B = q·2^-n·s)
     float d[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int bb = 0; bb < 2; ++bb) {
@@ -409,7 +404,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
         if (!FOLD || h == 0) vm2[v][h] = value_stat_pair(vmb, v, FOLD ? g & 1 : h, t, vgi);
       }
     uint32_t pb[4];
-    online_softmax<FOLD>(d, p.scale_log2, crs, pb, m_run, cs, acc);
+    online_softmax<FOLD>(d, key_scale_log2, crs, pb, m_run, cs, acc);
     if constexpr (FOLD) {  // the column sums of P·min; B = P·scale
       weighted_column_total(cs.m, pb[0], pb[1], pb[2], pb[3], vm2[0][0], vm2[1][0]);
 #pragma unroll
@@ -432,8 +427,8 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
           const int jb = wi * (32 / BV) + be * VCPB;
 #define KVX_VCODE(K)                                                       \
   if constexpr (FOLD) {                                                    \
-    x01[jb + K] = value_code_subnormal<BV, K>(y01);                        \
-    x89[jb + K] = value_code_subnormal<BV, K>(y89);                        \
+    x01[jb + K] = code_subnormal<BV, K>(y01);                              \
+    x89[jb + K] = code_subnormal<BV, K>(y89);                              \
   } else {                                                                 \
     x01[jb + K] = value_pair<BV, K>(y01, u2h(vs2[v][0]), u2h(vm2[v][0]));  \
     x89[jb + K] = value_pair<BV, K>(y89, u2h(vs2[v][1]), u2h(vm2[v][1]));  \
@@ -491,7 +486,7 @@ struct DenseParams {
 
 __global__ void __launch_bounds__(kFastWarps * 32) dense_attention_kernel(const DenseParams p) {
   allow_dependent_launch();
-  __shared__ __align__(16) uint32_t qf_s[32][16];
+  __shared__ __align__(16) QueryFragments qf_s;
   __shared__ SplitMerge merge;
   const int warp = threadIdx.x / 32, hkv = blockIdx.y, b = blockIdx.z;
   stage_query<NaturalPair>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, p.nrep, 8);
