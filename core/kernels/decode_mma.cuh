@@ -260,8 +260,8 @@ __device__ __forceinline__ void weighted_column_total(float (&d)[4], uint32_t f0
   mma16816(d, f0, f1, f2, f3, w0, w1);
 }
 // Running column sums of a warp: l = Σ P (the softmax denominators, from the same fp16 P the
-// products use; column_total layout); with the value scale on P (FOLD), s = Σ P·scale (column_total
-// layout) and m = Σ P·min (split layout).
+// products use; column_total layout); with the value scale on P (FOLD), s = Σ P·scale for the int8
+// kernel's code bias (column_total layout) and m = Σ P·min for the packed kernel (split layout).
 struct ColumnSums {
   float l[4] = {0.f, 0.f, 0.f, 0.f}, s[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
 };

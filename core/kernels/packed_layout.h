@@ -23,8 +23,8 @@ namespace kvx::kernels::layout {
 KVX_HD constexpr int plain_bit(int c, int bits) { return (c % (32 / bits)) * bits; }
 
 // Keys: pair pw (0 .. 16/bits - 1) of a word takes byte pw % 2 of each half-word, code pw / 2 of that
-// byte: pairs 4i + r of a 32-channel chunk share the code for r = 0, 1 and for r = 2, 3 (the
-// attention kernel's per-group bias mma multiplies them by one constant).
+// byte: pairs 2S and 2S + 1 of a 32-channel chunk (one k-step of the attention kernel's score mma)
+// share the code, so one 2^-n of the scaled query serves the k-step.
 KVX_HD constexpr int key_pair_code(int pw) { return pw >> 1; }
 KVX_HD constexpr int key_pair_bit(int pw, int bits) { return 8 * (pw & 1) + bits * key_pair_code(pw); }
 // Bit of channel c's key code in its word.
