@@ -17,9 +17,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-int32_t argmax_last(const at::Tensor& logits) {  // logits [T, V]; .item() also syncs the device
-  return static_cast<int32_t>(logits[logits.size(0) - 1].argmax().item<int64_t>());
-}
+// Greedy argmax of the last row of logits [T, V] as a [1, 1] id on the device.
+at::Tensor argmax_last(const at::Tensor& logits) { return logits.narrow(0, logits.size(0) - 1, 1).argmax(-1, true); }
 }  // namespace
 
 GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
@@ -29,26 +28,34 @@ GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::
   if (opt.new_tokens <= 0) return out;
   const int64_t n = int64_t(prompt.size());
   auto t0 = Clock::now();
-  int32_t next = -1;
+  at::Tensor next;  // [1, 1] on the device: fed straight back, no host round trip per step
   feed_chunks(model, policy, prompt.data(), n, opt.prefill_chunk, [&](int64_t off, const at::Tensor& logits) {
     if (off + logits.size(0) == n) next = argmax_last(logits);
   });
+  at::Tensor ids = at::empty({opt.new_tokens}, next.options());
+  ids.narrow(0, 0, 1).copy_(next.view({1}));
+  const int32_t first = int32_t(next.item<int64_t>());  // the prefill's end (its timing)
   out.prefill_s = since(t0);
   out.prefill_tokens = n;
   double bytes_sum = double(policy.memory().device_bytes());
+  // With an EOS, the ids are read every kEosCheck steps (steps past an EOS are computed and
+  // dropped); without one, only at the end.
+  constexpr int64_t kEosCheck = 16;
+  int64_t made = 1;  // ids generated so far
   t0 = Clock::now();
-  for (int64_t i = 0;; ++i) {
-    if (next == opt.eos && opt.eos >= 0) break;
-    out.tokens.push_back(next);
-    if (int64_t(out.tokens.size()) >= opt.new_tokens) break;
-    at::Tensor logits = model.forward(ids_tensor(&next, 1), n + i, policy);
-    next = argmax_last(logits[0]);
-    ++out.decode_steps;
-    out.decode_s += since(t0);
-    bytes_sum += double(policy.memory().device_bytes());
-    t0 = Clock::now();
-  }
-  out.decode_s += since(t0);
+  if (opt.eos < 0 || first != opt.eos)
+    while (made < opt.new_tokens) {
+      next = argmax_last(model.forward(next, n + made - 1, policy)[0]);
+      ids.narrow(0, made, 1).copy_(next.view({1}));
+      ++made;
+      ++out.decode_steps;
+      bytes_sum += double(policy.memory().device_bytes());
+      if (opt.eos >= 0 && made % kEosCheck == 0 && ids.narrow(0, 0, made).eq(opt.eos).any().item<bool>()) break;
+    }
+  const at::Tensor host = ids.narrow(0, 0, made).cpu();
+  out.decode_s = since(t0);
+  const int64_t* h = host.data_ptr<int64_t>();
+  for (int64_t i = 0; i < made && !(opt.eos >= 0 && h[i] == opt.eos); ++i) out.tokens.push_back(int32_t(h[i]));
   out.kv_bytes_mean = bytes_sum / double(out.decode_steps + 1);
   return out;
 }
@@ -219,7 +226,7 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   if (pbool(P, "profile")) write_profile(m, method.times(), prefill_s, decode_s);
   m["sample"] = jm.tokenizer->decode(first_output);
   m["sample_fp16"] = jm.tokenizer->decode(fp->outputs[0]);
-  m["attention_impl"] = jm.model->attention_impl();
+  write_paths(m, inner->paths());
   m["policy"] = inner->name();
   return m;
 }

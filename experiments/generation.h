@@ -10,7 +10,7 @@
 // rouge_l_ref_fp16 (max F1 over references) when references exist; prefill_tok_s and
 // decode_tok_s of the method (and fp16_*); kv_bytes_max (peak KV bytes), bpv; with `profile: true`, per-phase
 // times prof_* (timed_policy.h: prefill and decode, each split into time inside the cache policy
-// = quantize/dequantize/evict, the rest of the layers = attention/projections/MLP, and the rest).
+// = storage and attention, the rest of the layers = projections/MLP, and the rest).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -39,7 +39,10 @@ struct GreedyOutput {
   double kv_bytes_mean = 0;
 };
 
-// Resets the policy, prefills the prompt and decodes greedily (argmax, ties to the lowest id).
+// Resets the policy, prefills the prompt and decodes greedily (argmax, ties to the lowest id). The
+// ids stay on the model's device and feed the next step directly; the host reads them at the end
+// (and, with an EOS, every 16 steps: steps computed past an EOS count in decode_steps, their ids
+// are dropped).
 GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
                              const GreedyOptions& opt);
 

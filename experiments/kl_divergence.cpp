@@ -222,7 +222,7 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
   mem.write(m);
   m["windows"] = int64_t(windows.size());
   m["reference_windows_reused"] = ref_reused;
-  m["attention_impl"] = jm.model->attention_impl();
+  write_paths(m, method->paths());
   m["policy"] = method->name();
   return m;
 }

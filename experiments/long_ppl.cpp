@@ -103,7 +103,7 @@ nlohmann::json run_long_ppl(const nlohmann::json& job, JobContext& ctx) {
   mem.write(m);
   m["documents"] = int64_t(docs.size());
   m["longest_document"] = longest;
-  m["attention_impl"] = jm.model->attention_impl();
+  write_paths(m, policy->paths());
   m["policy"] = policy->name();
   return m;
 }

@@ -102,6 +102,7 @@ nlohmann::json run_multiple_choice(const nlohmann::json& job, JobContext& ctx) {
     m["paper_bpv"] = paper_sum / double(paper_n);
     m["paper_compression_ratio"] = 16.0 / (paper_sum / double(paper_n));
   }
+  write_paths(m, policy->paths());
   return m;
 }
 

@@ -108,7 +108,7 @@ nlohmann::json run_passkey(const nlohmann::json& job, JobContext& ctx) {
   m["prefill_tok_s"] = prefill_s > 0 ? double(prefill_tokens) / prefill_s : 0.0;
   mem.write(m);
   m["sample"] = first_answer;
-  m["attention_impl"] = jm.model->attention_impl();
+  write_paths(m, policy->paths());
   m["policy"] = policy->name();
   return m;
 }

@@ -110,6 +110,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   const ModelInfo info = model.info();
   std::vector<int32_t> win(o.seq_len);
   PolicyTimes times;  // profile only
+  AttentionPaths paths;
   double prefill_s = 0, decode_s = 0;
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -127,6 +128,10 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       policy = std::move(t);
     }
     policy->reset(info, 1);
+    // The window's NLL and its first non-finite logits row accumulate on the device and are read
+    // once, after the window: no host round trip per chunk (token-by-token feeding included).
+    const auto dopt = at::TensorOptions().device(model.device()).dtype(at::kDouble);
+    at::Tensor nll_w = at::zeros({}, dopt), bad_w = at::full({}, INFINITY, dopt);
     for (int64_t c0 = 0; c0 < o.seq_len; c0 += chunk) {
       const int64_t n = std::min(chunk, o.seq_len - c0);
       const auto f0 = std::chrono::steady_clock::now();
@@ -135,22 +140,28 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       // logits row j predicts window position c0 + j + 1.
       const int64_t j0 = std::max<int64_t>(0, first_scored - 1 - c0);
       const int64_t j1 = std::min<int64_t>(n, o.seq_len - 1 - c0);
-      if (!at::isfinite(logits).all().item<bool>()) {
-        at::Tensor bad = at::isfinite(logits).all(-1).logical_not().nonzero();
-        throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(), w,
-                    c0 + bad[0][0].item<int64_t>(), method_label(method));
-      }
-      if (o.profile)  // the finiteness check above synchronized the device
+      at::Tensor row_bad = at::isfinite(logits).all(-1).logical_not();
+      bad_w = at::minimum(bad_w, at::where(row_bad, at::arange(c0, c0 + n, dopt), INFINITY).min());
+      if (o.profile) {
+        (void)logits.max().item<float>();  // profiling synchronizes each chunk
         (n > 1 ? prefill_s : decode_s) += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+      }
       kv_step_sum += double(policy->memory().device_bytes());
       ++kv_steps;
       if (j1 <= j0) continue;
       at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
       at::Tensor tgt = ids_tensor(win.data() + c0 + j0 + 1, j1 - j0)[0].to(lp.device());
-      nll_sum -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum().item<double>();
+      nll_w -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum();
       scored += j1 - j0;
     }
+    const at::Tensor read = at::stack({nll_w, bad_w}).cpu();
+    const double bad = read[1].item<double>();
+    if (std::isfinite(bad))
+      throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(), w,
+                  int64_t(bad), method_label(method));
+    nll_sum += read[0].item<double>();
     if (timed) times += timed->times();
+    paths += policy->paths();
     const MemoryReport r = policy->memory();
     kv_sum += double(r.device_bytes());
     kv_max = std::max(kv_max, r.device_bytes());
@@ -177,8 +188,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["tokens_forwarded"] = forwarded;
   m["eval_seconds"] = seconds;
   m["tokens_per_s"] = seconds > 0 ? double(forwarded) / seconds : 0.0;
-  m["attention_impl"] = model.attention_impl();
-  m["kernel_path"] = model.device().is_cpu() ? std::string("cpu") : model.attention_impl();
+  write_paths(m, paths);
   m["compute_dtype"] = scalar_name(model.dtype());
   m["kv_bytes"] = kv_sum / nw;
   m["kv_bytes_max"] = kv_max;

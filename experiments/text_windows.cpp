@@ -138,6 +138,14 @@ void KvMemoryPeak::write(nlohmann::json& m) const {
   m["retained_fraction"] = retained;
 }
 
+void write_paths(nlohmann::json& m, const AttentionPaths& p) {
+  m["kernel_path"] = p.kernel_path();
+  m["attention_impl"] = p.attention_impl();
+  nlohmann::json calls = p.kernel_calls;
+  calls["chunk_only"] = p.chunk_only_calls;
+  m["attention_calls"] = calls;
+}
+
 void check_cancel(JobContext& ctx, double progress) {
   if (ctx.cancel && *ctx.cancel) throw error("job cancelled");
   if (ctx.progress) ctx.progress(progress);

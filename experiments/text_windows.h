@@ -69,6 +69,11 @@ struct KvMemoryPeak {
   void write(nlohmann::json& metrics) const;  // kv_bytes_max, bpv, compression_ratio, retained_fraction
 };
 
+// The attention paths of a job's policies (core/cache/kv_cache_policy.h): kernel_path,
+// attention_impl, and attention_calls {path: calls that read cached entries, chunk_only: calls
+// that read none}.
+void write_paths(nlohmann::json& metrics, const AttentionPaths& paths);
+
 // Throws kvx::Error when the job was cancelled; calls progress.
 void check_cancel(JobContext& ctx, double progress);
 // Throws kvx::Error when x is NaN or Inf ("<what> is not finite").

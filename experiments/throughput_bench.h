@@ -1,7 +1,7 @@
-// `kvx bench prefill` and `kvx bench eval`: tokens/s of a random-weight Llama-family stack at a
-// real model shape (experiments/decode_bench.h's ModelShape), attention through the real cache
-// policies (core/model/attention.h), fp16 (no compression) and every method measured in the
-// same run and printed as a ratio against fp16.
+// `kvx bench prefill` and `kvx bench eval`: tokens/s of core/model's CausalLM with random weights
+// at a real model shape (experiments/bench_model.h), each method's cache built by the registry,
+// fp16 (no compression) and every method measured in the same run and printed as a ratio against
+// fp16.
 //   prefill: one forward over `context` tokens of `batch` sequences (logits of the last token).
 //   eval:    the perplexity protocol's feeding (experiments/perplexity.h): a fresh policy, the
 //            `context` tokens in chunks of `chunk`, log-softmax and the target NLL per chunk.
@@ -25,7 +25,7 @@ struct ThroughputBenchOptions {
 };
 
 // mode: "prefill" or "eval". Returns {"mode", "shape", "context", "batch", "device", "dtype",
-// "rows": [{method, label, seconds, tokens_per_s, ratio_vs_fp16, attention_impl, kv_bytes}]}.
+// "rows": [{method, label, seconds, tokens_per_s, ratio_vs_fp16, kernel_path, attention_impl, kv_bytes}]}.
 nlohmann::json run_throughput_bench(const std::string& mode, const ThroughputBenchOptions& opt);
 std::string format_throughput_bench(const nlohmann::json& result);
 

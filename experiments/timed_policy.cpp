@@ -21,27 +21,21 @@ void TimedPolicy::add_cache(const StepInfo& s, Clock::time_point t0) {
   (s.n_new > 1 ? times_.prefill_cache_s : times_.decode_cache_s) += dt;
 }
 
-void TimedPolicy::observe_queries(int layer, const at::Tensor& q, const StepInfo& s) {
+at::Tensor TimedPolicy::attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                               const StepInfo& s, const AttentionOptions& opt) {
   sync();
   const auto t0 = Clock::now();
   if (layer == 0) step_start_ = t0;
-  inner_.observe_queries(layer, q, s);
-  add_cache(s, t0);
-}
-
-AttnInputs TimedPolicy::update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) {
-  sync();
-  const auto t0 = Clock::now();
-  if (layer == 0 && !inner_.wants_queries()) step_start_ = t0;
-  AttnInputs out = inner_.update(layer, k_new, v_new, s);
+  at::Tensor out = inner_.attend(layer, q, k_new, v_new, s, opt);
   add_cache(s, t0);
   return out;
 }
 
-void TimedPolicy::observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) {
+void TimedPolicy::append(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) {
   sync();
   const auto t0 = Clock::now();
-  inner_.observe_attention(layer, probs, s);
+  if (layer == 0) step_start_ = t0;
+  inner_.append(layer, k_new, v_new, s);
   add_cache(s, t0);
 }
 
@@ -62,8 +56,8 @@ void TimedPolicy::end_step(const StepInfo& s) {
 
 void write_profile(nlohmann::json& m, const PolicyTimes& t, double prefill_s, double decode_s) {
   m["prof_prefill_s"] = prefill_s;
-  m["prof_prefill_cache_s"] = t.prefill_cache_s;  // quantize / dequantize / evict
-  m["prof_prefill_layers_other_s"] = t.prefill_layers_s - t.prefill_cache_s;  // attention, projections, MLP
+  m["prof_prefill_cache_s"] = t.prefill_cache_s;  // the policy's attend: storage (quantize, evict) and attention
+  m["prof_prefill_layers_other_s"] = t.prefill_layers_s - t.prefill_cache_s;  // projections, norms, MLP
   m["prof_prefill_rest_s"] = prefill_s - t.prefill_layers_s;  // embedding, LM head, sampling
   m["prof_decode_s"] = decode_s;
   m["prof_decode_cache_s"] = t.decode_cache_s;
@@ -76,7 +70,7 @@ void write_profile(nlohmann::json& m, const PolicyTimes& t, double prefill_s, do
 std::string format_profile(const nlohmann::json& m) {
   auto get = [&](const std::string& k) { return m.value(k, 0.0); };
   auto row = [&](const char* phase, const std::string& p) {
-    return fmt::format("  {:<8} {:>9.4f} s   cache (quantize/dequantize/evict) {:>9.4f} s   attention+MLP {:>9.4f} s   "
+    return fmt::format("  {:<8} {:>9.4f} s   cache+attention {:>9.4f} s   projections+MLP {:>9.4f} s   "
                        "rest {:>9.4f} s\n",
                        phase, get("prof_" + p + "s"), get("prof_" + p + "cache_s"), get("prof_" + p + "layers_other_s"),
                        get("prof_" + p + "rest_s"));
@@ -85,7 +79,7 @@ std::string format_profile(const nlohmann::json& m) {
   if (m.contains("prof_prefill_s")) out += row("prefill", "prefill_");
   if (m.contains("prof_decode_s") && get("prof_decode_s") > 0) out += row("decode", "decode_");
   if (out.empty()) return out;
-  return fmt::format("profile   cache share {:.1f}%\n", 100 * get("prof_cache_fraction")) + out;
+  return fmt::format("profile   cache+attention share {:.1f}%\n", 100 * get("prof_cache_fraction")) + out;
 }
 
 PolicyTimes& PolicyTimes::operator+=(const PolicyTimes& o) {

@@ -1,9 +1,9 @@
 // A KVCachePolicy decorator that profiles a forward pass from the cache's side, with no model
-// changes: time inside the wrapped policy's update() / observe_attention() / end_step() (where
-// compression methods quantize, dequantize and evict) and the wall time of the transformer
-// layers (from layer 0's update() to end_step()), split into prefill (chunks of more than one
-// token) and decode (one-token steps). The caller times whole forward calls; what the layers do
-// not cover (embedding, LM head, sampling) is the difference.
+// changes: time inside the wrapped policy's attend() / end_step() (where compression methods
+// store, quantize, evict and attend) and the wall time of the transformer layers (from layer 0's
+// attend() to end_step()), split into prefill (chunks of more than one token) and decode
+// (one-token steps). The caller times whole forward calls; what the layers do not cover
+// (embedding, LM head, sampling) is the difference.
 // On CUDA every measured call synchronizes the device first and last, so times are the work's
 // own (profiling only: it serializes the stream).
 #pragma once
@@ -18,8 +18,8 @@
 namespace kvx {
 
 struct PolicyTimes {
-  double prefill_cache_s = 0, decode_cache_s = 0;    // inside the policy
-  double prefill_layers_s = 0, decode_layers_s = 0;  // layer 0 update() .. end_step()
+  double prefill_cache_s = 0, decode_cache_s = 0;    // inside the policy (storage and attention)
+  double prefill_layers_s = 0, decode_layers_s = 0;  // layer 0 attend() .. end_step()
   int64_t prefill_steps = 0, decode_steps = 0;
   PolicyTimes& operator+=(const PolicyTimes& o);
 };
@@ -29,14 +29,13 @@ class TimedPolicy final : public KVCachePolicy {
   explicit TimedPolicy(KVCachePolicy& inner) : inner_(inner) {}
   explicit TimedPolicy(std::unique_ptr<KVCachePolicy> owned) : owned_(std::move(owned)), inner_(*owned_) {}
   void reset(const ModelInfo& m, int64_t batch) override;
-  AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override;
-  bool wants_queries() const override { return inner_.wants_queries(); }
-  void observe_queries(int layer, const at::Tensor& q, const StepInfo& s) override;
-  bool wants_attention() const override { return inner_.wants_attention(); }
-  void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) override;
+  at::Tensor attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s,
+                    const AttentionOptions& opt) override;
+  void append(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override;
   void end_step(const StepInfo& s) override;
   MemoryReport memory() const override { return inner_.memory(); }
   std::string name() const override { return inner_.name(); }
+  const AttentionPaths& paths() const override { return inner_.paths(); }
 
   const PolicyTimes& times() const { return times_; }
   void clear() { times_ = PolicyTimes{}; }

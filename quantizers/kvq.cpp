@@ -6,6 +6,7 @@
 
 #include "core/cache/token_codec.h"
 #include "core/common/error.h"
+#include "quantizers/segments.h"
 
 namespace kvx {
 namespace {
@@ -26,7 +27,7 @@ void prepare(nlohmann::json& given, const std::string& slot) {
 
 std::shared_ptr<const TokenCodec> make(const nlohmann::json& c) {
   const std::string dt = c.at("compute_dtype").get<std::string>();
-  const at::ScalarType meta = dt == "float16" ? at::kHalf : dt == "bfloat16" ? at::kBFloat16 : at::ScalarType::Undefined;
+  const at::ScalarType meta = dt == "bfloat16" ? at::kBFloat16 : at::kHalf;  // auto: what the fused kernels read
   return make_affine_codec(c.at("bits").get<int>(), c.at("group").get<int64_t>(),
                            c.at("axis").get<std::string>() == "channel" ? GroupAxis::Channel : GroupAxis::Token,
                            meta);
@@ -56,11 +57,12 @@ MethodTraits kvq_traits() {
        "token: groups of G channels per token (seed axis 0); channel: groups of G tokens per channel (axis -1)"},
       {"group", ParamType::Int, 64, 1, 1 << 24, {}, "q_group_size G"},
       {"compute_dtype", ParamType::Enum, "auto", -1e300, 1e300, {"auto", "float16", "bfloat16"},
-       "dtype of scales and shifts (auto: bf16 for bf16 models, else fp16)"},
+       "dtype of scales and shifts (auto: float16, the layout the fused kernels read; bfloat16 runs dequantize-then-attend)"},
   };
   t.bits = "1/2/3/4/8";
   t.prepare = prepare;
   t.default_policy = "segments";
+  t.kernels = kSegmentsKernels;
   t.make_codec = make;
   return t;
 }

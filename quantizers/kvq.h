@@ -9,9 +9,9 @@
 //                 nbits_v = 2): 4 for "key", 2 for "value" (filled in by the prepare hook).
 //   axis          token | channel (seed's axis 0 / -1, accepted as integer aliases); default token.
 //   group         q_group_size, >= 1, default 64 (token grouping clamps it to head_dim).
-//   compute_dtype auto | float16 | bfloat16: dtype of the 16-bit scales and shifts; auto = bf16
-//                 when the model computes in bf16, else fp16. Dequantized values are always
-//                 returned in the model's compute dtype.
+//   compute_dtype auto | float16 | bfloat16: dtype of the 16-bit scales and shifts; auto = float16,
+//                 the layout the fused kernels read (bfloat16 statistics run dequantize-then-attend).
+//                 Dequantized values are always returned in the model's compute dtype.
 #pragma once
 #include <string>
 

@@ -20,11 +20,23 @@
 
 namespace kvx {
 
+namespace {
+MethodTraits none_traits() {
+  MethodTraits t;
+  t.name = "none";
+  t.summary = "full precision (compute dtype), no compression";
+  t.bits = "16";
+  t.kernels = "cuda: decode steps on the fused kernel's fp16/bf16 tiles, chunks SDPA over the rows in place (head_dim "
+              "128); cpu: reference";
+  return t;
+}
+}  // namespace
+
 // The traits table: one row per component. Keep rows short; parameters live in each
 // method's own file as a static schema.
 const std::vector<MethodTraits>& method_table() {
   static const std::vector<MethodTraits> table = {
-      {"none", ComponentKind::Codec, "full precision (compute dtype), no compression", {}, "16"},
+      none_traits(),
       kvq_traits(),
       segments_traits(),
       selective_int8_traits(),
@@ -80,8 +92,8 @@ nlohmann::json resolve_method(const nlohmann::json& spec) {
   if (!spec.is_object()) throw ParamError({}, "a method must be a mapping with 'key' and 'value'");
   nlohmann::json out;
   for (auto it = spec.begin(); it != spec.end(); ++it)
-    if (it.key() != "key" && it.key() != "value" && it.key() != "policy")
-      throw ParamError({it.key()}, fmt::format("unknown method field '{}' (expected key, value, policy)", it.key()));
+    if (it.key() != "key" && it.key() != "value" && it.key() != "policy" && it.key() != "kernel")
+      throw ParamError({it.key()}, fmt::format("unknown method field '{}' (expected key, value, policy, kernel)", it.key()));
   out["key"] = resolve_component(spec.value("key", nlohmann::json("none")), "key");
   out["value"] = resolve_component(spec.value("value", nlohmann::json("none")), "value");
   if (spec.contains("policy")) {
@@ -100,7 +112,21 @@ nlohmann::json resolve_method(const nlohmann::json& spec) {
     const auto* t = find_method(out["policy"]["type"].get<std::string>());
     if (t && t->check) t->check(out);
   }
+  if (spec.contains("kernel")) {
+    const auto& k = spec["kernel"];
+    if (!k.is_string() || (k != "auto" && k != "fused" && k != "dequant_then_attend"))
+      throw ParamError({"kernel"}, fmt::format("'kernel' must be auto, fused or dequant_then_attend, got {}", k.dump()));
+    const auto* t = out.contains("policy") ? find_method(out["policy"]["type"].get<std::string>()) : find_method("none");
+    if (k != "auto" && !(t && t->kernels))
+      throw ParamError({"kernel"}, fmt::format("'{}' has no fused kernel, so 'kernel: {}' cannot apply (methods with one: "
+                                               "none, kvq (segments), selective_int8)", method_label(out), k.get<std::string>()));
+    if (k != "auto") out["kernel"] = k;  // auto stays implicit: job keys of specs without it are unchanged
+  }
   return out;
+}
+
+KernelRequest kernel_request(const nlohmann::json& resolved) {
+  return parse_kernel_request(resolved.value("kernel", std::string("auto")));
 }
 
 nlohmann::json parse_method_shorthand(const std::string& text) {
@@ -116,10 +142,11 @@ nlohmann::json parse_method_shorthand(const std::string& text) {
 }
 
 std::string method_label(const nlohmann::json& m) {
-  if (m["key"]["type"] == "none" && m["value"]["type"] == "none" && !m.contains("policy")) return "none";
+  const std::string kernel = m.contains("kernel") ? " kernel=" + m["kernel"].get<std::string>() : "";
+  if (m["key"]["type"] == "none" && m["value"]["type"] == "none" && !m.contains("policy")) return "none" + kernel;
   if (m.contains("policy")) {
     const auto* t = find_method(m["policy"]["type"].get<std::string>());
-    if (t && t->label) return t->label(m);
+    if (t && t->label) return t->label(m) + kernel;
   }
   return m.dump();
 }
@@ -129,7 +156,7 @@ std::unique_ptr<KVCachePolicy> make_policy(const nlohmann::json& m) {
     const auto* t = find_method(m["policy"]["type"].get<std::string>());
     if (t && t->make_policy) return t->make_policy(m);
   } else if (m["key"]["type"] == "none" && m["value"]["type"] == "none") {
-    return make_full_precision_policy();
+    return make_full_precision_policy(kernel_request(m));
   }
   throw error("method {} has no cache policy implementation", m.dump());
 }

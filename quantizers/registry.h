@@ -5,7 +5,8 @@
 //
 // A method spec is JSON:
 //   {"key": {"type": "kvq", "bits": 4, ...}, "value": {"type": "kvq", "bits": 2, ...},
-//    "policy": {"type": "...", ...}}          // "policy" optional
+//    "policy": {"type": "...", ...},          // "policy" optional
+//    "kernel": "fused"}                       // optional: auto (default) | fused | dequant_then_attend
 // resolve_method() fills defaults and validates every key against the schemas; errors carry
 // the JSON path of the offending key so the grid can point at the YAML line and column.
 #pragma once
@@ -51,7 +52,9 @@ struct MethodTraits {
   std::string bits;              // human-readable bit widths for `kvx list`, e.g. "2/4"
   bool needs_attention = false;  // wants the model's attention probabilities
   bool needs_calibration = false;
-  bool fused_kernel = false;     // has a fused CUDA attention path
+  // Fused attention kernels the method's storage runs (devices and cases), shown by `kvx list`;
+  // null: none (dense attention over what the policy returns).
+  const char* kernels = nullptr;
 
   // Optional hooks (null when unused); rows that need them are built by a function in the
   // method's own file (e.g. kvq_traits() in quantizers/kvq.cpp).
@@ -84,6 +87,8 @@ nlohmann::json resolve_method(const nlohmann::json& spec);
 nlohmann::json parse_method_shorthand(const std::string& text);
 // Short human label for tables, e.g. "kvq k4c v2 g64 r128".
 std::string method_label(const nlohmann::json& resolved);
+// The spec's `kernel` request (auto when absent), for the policy factories.
+KernelRequest kernel_request(const nlohmann::json& resolved);
 // Build the cache policy for one sequence from a resolved spec.
 std::unique_ptr<KVCachePolicy> make_policy(const nlohmann::json& resolved);
 // Token codec of one resolved key/value component; nullptr for "none" (full precision).

@@ -5,6 +5,13 @@
 #include "core/cache/segment_policy.h"
 
 namespace kvx {
+
+const char* const kSegmentsKernels =
+    "cuda: kvq codes read in place for decode steps and chunks (head_dim 128, bits 2/4/8, float16 statistics, per-token "
+    "values in groups of 16·k channels; keys per channel in groups of 32·2^n tokens, or per token in groups of 32/64/128 "
+    "channels equal to the value groups; sinks and residual in the same launch); other codecs and longer chunks "
+    "dequantize then attend; cpu: reference";
+
 namespace {
 
 void check(const nlohmann::json& m) {
@@ -27,6 +34,7 @@ std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
   c.key_codec = make_codec(m.at("key"));
   c.value_codec = make_codec(m.at("value"));
   c.name = (m["key"]["type"] == "kvq" || m["value"]["type"] == "kvq") ? "kvq" : "segments";
+  c.kernel = kernel_request(m);
   return make_segments_policy(std::move(c));
 }
 
@@ -71,6 +79,7 @@ MethodTraits segments_traits() {
        "how residual tokens enter the compressed body"},
   };
   t.bits = "-";
+  t.kernels = kSegmentsKernels;
   t.check = check;
   t.make_policy = make;
   t.label = label;

@@ -21,5 +21,7 @@
 namespace kvx {
 
 MethodTraits segments_traits();
+// What the segments layout runs fused (the traits rows of segments and kvq).
+extern const char* const kSegmentsKernels;
 
 }  // namespace kvx

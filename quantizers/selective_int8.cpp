@@ -18,6 +18,7 @@ std::unique_ptr<KVCachePolicy> make(const nlohmann::json& m) {
   c.key_codec = make_int8_codec();
   c.value_codec = make_int8_codec();
   c.name = "selective_int8";
+  c.kernel = kernel_request(m);
   return make_segments_policy(std::move(c));
 }
 
@@ -71,6 +72,8 @@ MethodTraits selective_int8_traits() {
       {"window_size", ParamType::Int, 32, 0, 1 << 30, {}, "most recent positions kept fp"},
   };
   t.bits = "8";
+  t.kernels = "cuda: int8 codes read in place with sinks and window in one launch, decode steps and chunks "
+              "(head_dim 128); cpu: reference";
   t.check = check;
   t.make_policy = make;
   t.label = label;

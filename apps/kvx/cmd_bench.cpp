@@ -12,20 +12,21 @@ namespace {
 void setup(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Speed benchmarks at real model shapes (random weights)");
   bench->require_subcommand(1);
-  auto* dec = bench->add_subcommand("decode", "Decode attention + end-to-end decode step vs fp16");
+  auto* dec = bench->add_subcommand("decode", "Decode attention + end-to-end decode tokens/s vs fp16");
   auto opt = std::make_shared<kvx::DecodeBenchOptions>();
   auto format = std::make_shared<std::string>("text");
-  dec->add_option("--model-shape", opt->shape, "llama3-8b | llama2-7b | mistral-7b | qwen2-7b | path/to/config.json")
+  dec->add_option("--model-shape", opt->shape, "llama3-8b | llama2-7b | mistral-7b | qwen2-7b | tiny | path/to/config.json")
       ->capture_default_str();
   dec->add_option("--context", opt->context, "cached tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
   dec->add_option("--batch", opt->batch, "sequences decoded together")->capture_default_str()->check(CLI::PositiveNumber);
   dec->add_option("--method", opt->methods,
-                  "kvq:k<bits>v<bits>[:g<group>] | int8[:s<sinks>w<window>] | higgs[:d<dim>n<points>][:g<group>] "
-                  "(repeatable); fp16 baselines always run")
+                  "kvx eval --method shorthand (repeatable: kvq:k4v4, kvq:k2cv2:r64, selective_int8:s16:w32, ...); "
+                  "the fp16 baselines always run")
       ->capture_default_str();
-  dec->add_option("--residual", opt->residual, "full-precision recent tokens beside the packed cache")->capture_default_str();
-  dec->add_option("--iters", opt->iters, "timed repetitions (median reported)")->capture_default_str();
-  dec->add_flag("!--no-end-to-end", opt->end_to_end, "time only the attention kernels");
+  dec->add_option("--iters", opt->iters, "timed attention samples (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  dec->add_option("--steps", opt->steps, "decode steps timed end to end")->capture_default_str()->check(CLI::PositiveNumber);
+  dec->add_flag("!--no-end-to-end", opt->end_to_end, "time only the attention");
+  dec->add_option("--dtype", opt->dtype, "compute dtype (default bfloat16 on CUDA, float32 on CPU)");
   dec->add_option("--device", opt->device, "cuda or cpu")->capture_default_str()->check(CLI::IsMember({"cuda", "cpu"}));
   dec->add_option("--format", *format, "text or json")->check(CLI::IsMember({"text", "json"}));
   dec->callback([opt, format] {

@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "core/cache/dense_attention.h"
+#include "core/cache/packed_store.h"
 #include "core/common/error.h"
 
 namespace kvx {
@@ -20,64 +23,154 @@ at::Tensor cat_tokens(const std::vector<at::Tensor>& parts) {
   return at::cat(keep, 2);
 }
 
-int64_t ntok(const at::Tensor& t) { return t.defined() ? t.size(2) : 0; }
-
-// [a, b] along tokens in storage of its own: never a view that would pin the caller's chunk (b)
-// in memory. at::cat already copies, so only a lone b is cloned.
-at::Tensor owned_cat(const at::Tensor& a, const at::Tensor& b) {
-  return ntok(a) == 0 ? b.clone(at::MemoryFormat::Contiguous) : at::cat({a, b}, 2);
+bool training_chunk(const at::Tensor& k, const at::Tensor& v) {
+  return at::GradMode::is_enabled() && (k.requires_grad() || v.requires_grad());
 }
 
-// One of K or V of one layer.
-struct Side {
-  at::Tensor sink, resid;  // full precision, compute dtype
-  std::vector<std::unique_ptr<CodedBlock>> body;
-  // Working copy of [sink, decoded body, residual, chunk] in the compute dtype: what attention
-  // reads. Nothing is evicted, so every token sits at its own position. The sink and residual
-  // hold the chunks' own values, which were written there as chunks, so only the chunk and newly
-  // encoded blocks are written: each block is decoded once, into its place (a RequantizeAll
-  // flush replaces the body, so it is decoded again then). Capacity doubles as tokens arrive.
-  at::Tensor view;
-  size_t decoded = 0;       // body blocks [0, decoded) sit decoded in view ...
-  int64_t decoded_end = 0;  // ... ending at this position
-  int64_t in_view = 0;      // tokens the view held after the last assemble
+// ---------------------------------------------------------------- compressed bodies
+// One side's (K or V) body: its storage, in order of position.
+class Body {
+ public:
+  virtual ~Body() = default;
+  virtual int64_t tokens() const = 0;
+  virtual void append(const at::Tensor& x) = 0;      // a block encoded after the tokens held
+  virtual void requantize(const at::Tensor& x) = 0;  // KVQ requantize_all: encode([decode(body), x])
+  virtual at::Tensor decode(at::ScalarType dtype) = 0;  // every token, [B, H, N, D]
+  virtual void account(const std::string& prefix, SegmentTally& t) const = 0;
+};
 
-  at::Tensor decode_body(at::ScalarType dtype) const {
+// Any codec's CodedBlocks. The decoded body is kept between calls so that each block is decoded
+// once (a RequantizeAll flush replaces the body, so it is decoded again then); training decodes
+// afresh (the kept copy is written in place).
+class BlockBody final : public Body {
+ public:
+  explicit BlockBody(std::shared_ptr<const TokenCodec> c) : codec_(std::move(c)) {}
+  int64_t tokens() const override {
+    int64_t n = 0;
+    for (const auto& b : blocks_) n += b->tokens();
+    return n;
+  }
+  void append(const at::Tensor& x) override { blocks_.push_back(codec_->encode(x)); }
+  void requantize(const at::Tensor& x) override {
+    auto all = cat_tokens({decode(x.scalar_type()), x});
+    blocks_.clear();
+    decoded_.clear();
+    done_ = 0;
+    blocks_.push_back(codec_->encode(all));
+  }
+  at::Tensor decode(at::ScalarType dtype) override {
+    if (at::GradMode::is_enabled()) {
+      std::vector<at::Tensor> parts;
+      for (const auto& b : blocks_) parts.push_back(b->decode(dtype));
+      return cat_tokens(parts);
+    }
+    for (; done_ < blocks_.size(); ++done_) decoded_.append(blocks_[done_]->decode(dtype));
+    return decoded_.view();
+  }
+  void account(const std::string& prefix, SegmentTally& t) const override {
+    for (const auto& b : blocks_) b->account(prefix, t);
+  }
+
+ private:
+  std::shared_ptr<const TokenCodec> codec_;
+  std::vector<std::unique_ptr<CodedBlock>> blocks_;
+  FpRows decoded_;
+  size_t done_ = 0;
+};
+
+// Affine codes in the kernels' layout: runs of PackedStore (one unless per-channel Append flushes
+// leave a group unfinished: a new block's groups start at its first token).
+class PackedBody final : public Body {
+ public:
+  PackedBody(const CodecFormat& f, bool key) : f_(f), key_(key) {}
+  int64_t tokens() const override {
+    int64_t n = 0;
+    for (const auto& r : runs_) n += r.tokens();
+    return n;
+  }
+  void append(const at::Tensor& x) override {
+    if (runs_.empty() || (per_channel() && runs_.back().tokens() % f_.group != 0)) runs_.emplace_back(make_run());
+    runs_.back().append(x.detach());
+  }
+  void requantize(const at::Tensor& x) override {
+    if (runs_.size() > 1) {  // re-encode as one block
+      auto all = cat_tokens({decode(at::kFloat), x.detach().to(at::kFloat)});
+      runs_.clear();
+      append(all);
+      return;
+    }
+    if (!per_channel() || runs_.empty()) return append(x);  // per-token groups: the held codes stay as they are
+    PackedStore& r = runs_.front();
+    const int64_t full = r.tokens() / f_.group * f_.group;  // the unfinished group takes the new tokens
+    at::Tensor open = r.decode(at::kFloat, full, r.tokens());
+    r.truncate(full);
+    r.append(cat_tokens({open, x.detach().to(at::kFloat)}));
+  }
+  at::Tensor decode(at::ScalarType dtype) override {
     std::vector<at::Tensor> parts;
-    for (const auto& b : body) parts.push_back(b->decode(dtype));
+    for (const auto& r : runs_) parts.push_back(r.decode(dtype, 0, r.tokens()));
     return cat_tokens(parts);
   }
-  // [sink, body, resid, x] as view.narrow(2, 0, held + n); held = tokens stored before x. Only
-  // blocks past `decoded` are visited (a token-by-token sliding store holds one block per step).
-  at::Tensor assemble(const at::Tensor& x, int64_t held) {
-    const int64_t S = ntok(sink), R = ntok(resid), n = x.size(2), N = held + n;
-    const bool rebuild = in_view != held;  // an update with gradients on went around the view
-    if (!view.defined() || view.size(2) < N) {
-      auto grown = at::empty({x.size(0), x.size(1), std::max<int64_t>(64, 2 * N), x.size(3)}, x.options());
-      if (held > 0 && !rebuild) grown.narrow(2, 0, held).copy_(view.narrow(2, 0, held));
-      view = grown;
-    }
-    if (rebuild) {
-      decoded = 0;
-      if (S > 0) view.narrow(2, 0, S).copy_(sink);
-      if (R > 0) view.narrow(2, held - R, R).copy_(resid);
-    }
-    if (decoded == 0) decoded_end = S;
-    for (; decoded < body.size(); ++decoded) {
-      const int64_t t = body[decoded]->tokens();
-      view.narrow(2, decoded_end, t).copy_(body[decoded]->decode(x.scalar_type()));
-      decoded_end += t;
-    }
-    view.narrow(2, held, n).copy_(x);
-    in_view = N;
-    return view.narrow(2, 0, N);
+  void account(const std::string& prefix, SegmentTally& t) const override {
+    for (const auto& r : runs_) r.account(prefix, t);
   }
-  void account(const std::string& prefix, SegmentTally& t) const {
-    t.add(prefix + ".sink", sink.defined() ? sink.numel() : 0, fp_bits(sink));
-    for (const auto& b : body) b->account(prefix, t);
-    t.add(prefix + ".residual", resid.defined() ? resid.numel() : 0, fp_bits(resid));
+  // The tokens the fused kernel reads in place: whole tiles (and whole key groups) of the one run;
+  // -1 when the body has several runs.
+  int64_t kernel_tokens() const {
+    if (runs_.size() > 1) return -1;
+    if (runs_.empty()) return 0;
+    const int64_t unit = per_channel() ? std::max<int64_t>(32, f_.group) : 32;
+    return runs_.front().tokens() / unit * unit;
   }
+  kernels::PackedBlock view(int64_t n) const { return runs_.front().view(n); }
+  at::Tensor decode_range(at::ScalarType dtype, int64_t t0, int64_t t1) const { return runs_.front().decode(dtype, t0, t1); }
+  // The block configuration the kernels see (for the support check before any token is stored).
+  kernels::PackedBlock config(int64_t head_dim) const {
+    kernels::PackedBlock b;
+    b.bits = f_.bits;
+    b.group = int(per_channel() ? f_.group : std::min<int64_t>(f_.group, head_dim));
+    b.per_channel = per_channel();
+    b.key_layout = key_;
+    return b;
+  }
+
+ private:
+  bool per_channel() const { return f_.axis == GroupAxis::Channel; }
+  PackedStore make_run() const { return PackedStore(f_.bits, int(f_.group), per_channel(), key_); }
+  CodecFormat f_;
+  bool key_;
+  std::vector<PackedStore> runs_;
 };
+
+class Int8Body final : public Body {
+ public:
+  int64_t tokens() const override { return store_.tokens(); }
+  void append(const at::Tensor& x) override { store_.append(x.detach()); }
+  void requantize(const at::Tensor& x) override { append(x); }  // per-token rows: identical
+  at::Tensor decode(at::ScalarType dtype) override { return store_.decode(dtype, 0, store_.tokens()); }
+  void account(const std::string& prefix, SegmentTally& t) const override { store_.account(prefix, t); }
+  kernels::Int8Rows view() const { return store_.view(); }
+
+ private:
+  Int8Store store_;
+};
+
+enum class Storage { Blocks, Packed, Int8 };
+
+// Whether a codec's format fits the kernels' layout for this head_dim (the side: key or value).
+bool packable(const CodecFormat& f, bool key, int64_t D) {
+  if (f.kind != CodecFormat::Affine || f.meta != at::kHalf || (f.bits != 2 && f.bits != 4 && f.bits != 8)) return false;
+  if ((D * f.bits) % 32 != 0) return false;
+  if (f.axis == GroupAxis::Channel) return key;  // values need per-token groups
+  return D % std::min<int64_t>(f.group, D) == 0;
+}
+
+Storage storage_of(const SegmentsConfig& c, int64_t D) {
+  const CodecFormat k = c.key_codec->format(), v = c.value_codec->format();
+  if (k.kind == CodecFormat::Int8 && v.kind == CodecFormat::Int8) return Storage::Int8;
+  if (packable(k, true, D) && packable(v, false, D)) return Storage::Packed;
+  return Storage::Blocks;
+}
 
 class SegmentsPolicy final : public KVCachePolicy {
  public:
@@ -92,69 +185,79 @@ class SegmentsPolicy final : public KVCachePolicy {
   void reset(const ModelInfo& m, int64_t batch) override {
     info_ = m;
     batch_ = batch;
+    storage_ = storage_of(cfg_, m.head_dim);
+    const std::string why = segments_fused_unsupported(cfg_, m);
+    fused_ = why.empty() && cfg_.kernel != KernelRequest::DequantThenAttend;
+    if (cfg_.kernel == KernelRequest::Fused && !why.empty())
+      throw error("{}: kernel: fused was requested, but this method cannot run fused here: {}", cfg_.name, why);
     layers_.clear();
     layers_.resize(size_t(m.n_layers));
+    for (auto& L : layers_) {
+      L.k = make_body(true);
+      L.v = make_body(false);
+    }
     seen_ = 0;
   }
 
-  AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new,
-                    const StepInfo& s) override {
-    if (layer < 0 || layer >= int(layers_.size()))
-      throw error("{} policy: layer {} out of range (model has {} layers; reset() first?)", cfg_.name,
-                  layer, layers_.size());
-    if (k_new.dim() != 4 || v_new.dim() != 4 || k_new.size(2) != v_new.size(2))
-      throw error("{} policy: keys/values must be [B, Hkv, n, D] with equal n", cfg_.name);
-    Layer& L = layers_[size_t(layer)];
-    if (s.pos0 != L.len)
-      throw error("{} policy: layer {} got a chunk at position {} but holds {} tokens (positions must be "
-                  "contiguous from 0 after reset)", cfg_.name, layer, s.pos0, L.len);
+  at::Tensor attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s,
+                    const AttentionOptions& opt) override {
+    Layer& L = checked_layer(layer, k_new, v_new, s);
     const int64_t n = k_new.size(2);
-    if (n == 0) throw error("{} policy: update() with an empty chunk (layer {})", cfg_.name, layer);
-    const at::ScalarType dt = k_new.scalar_type();
-
-    AttnInputs out;
-    at::Tensor deq_k, deq_v;  // the decoded body, re-encoded on a RequantizeAll flush
-    if (at::GradMode::is_enabled() && (k_new.requires_grad() || v_new.requires_grad())) {
-      // Training: the persistent view would be written in place under tensors saved for backward.
-      deq_k = L.k.decode_body(dt);
-      deq_v = L.v.decode_body(v_new.scalar_type());
-      out.k = cat_tokens({L.k.sink, deq_k, L.k.resid, k_new});
-      out.v = cat_tokens({L.v.sink, deq_v, L.v.resid, v_new});
+    const int64_t rows = q.size(1) / k_new.size(1) * n;
+    const bool window_ok = opt.model_window <= 0 || L.len + n <= opt.model_window;
+    const bool fused = fused_ && window_ok && !training_chunk(k_new, v_new) && kernel_ready(L) &&
+                       (cfg_.kernel == KernelRequest::Fused || rows <= kMaxFusedRows);
+    if (cfg_.kernel == KernelRequest::Fused && !fused)
+      throw error("{}: kernel: fused was requested, but layer {} cannot run fused: {}", cfg_.name, layer,
+                  !window_ok ? "the model's sliding window is shorter than the cache"
+                  : training_chunk(k_new, v_new) ? "gradients are recorded (training)"
+                                                 : "per-channel key blocks that end inside a group (flush: append)");
+    at::Tensor out;
+    if (fused) {
+      L.tk.append(k_new);
+      L.tv.append(v_new);
+      out = fused_attention(L, q, n, opt.scale);
     } else {
-      out.k = L.k.assemble(k_new, L.len);
-      out.v = L.v.assemble(v_new, L.len);
-      // nothing is evicted: the body is everything held between the sink and the residual
-      deq_k = out.k.narrow(2, ntok(L.k.sink), L.len - ntok(L.k.sink) - ntok(L.k.resid));
-      deq_v = out.v.narrow(2, ntok(L.v.sink), L.len - ntok(L.v.sink) - ntok(L.v.resid));
+      AttnInputs a = inputs(L, k_new, v_new);
+      std::string impl;
+      out = dense_attention(q, a, layer, s, opt, this, impl);
+      const bool has_kernel = storage_ != Storage::Blocks && q.device().is_cpu();
+      note_path(a.n_cached > 0, has_kernel ? "cpu_reference" : "dequant_then_attend", impl);
+      L.tk.append(k_new);
+      L.tv.append(v_new);
     }
-    const int64_t N = out.k.size(2);
-    out.key_pos = at::arange(L.len + n - N, L.len + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
-    out.n_cached = N - n;
-
-    // Store the chunk: positions < S to the sink, the rest by the flush rule.
-    const int64_t n_sink = std::clamp<int64_t>(cfg_.sink - L.len, 0, n);
-    if (n_sink > 0) {
-      L.k.sink = owned_cat(L.k.sink, k_new.narrow(2, 0, n_sink));
-      L.v.sink = owned_cat(L.v.sink, v_new.narrow(2, 0, n_sink));
-    }
-    if (n > n_sink) {
-      const at::Tensor rk = k_new.narrow(2, n_sink, n - n_sink);
-      const at::Tensor rv = v_new.narrow(2, n_sink, n - n_sink);
-      if (cfg_.flush == FlushMode::Sliding)
-        slide(L, rk, rv);
-      else
-        kvq_rule(L, rk, rv, deq_k, deq_v);
-    }
-    L.len += n;
+    store(L, n);
     if (layer == int(layers_.size()) - 1) seen_ = L.len;
     return out;
+  }
+
+  void append(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override {
+    Layer& L = checked_layer(layer, k_new, v_new, s);
+    L.tk.append(k_new);
+    L.tv.append(v_new);
+    store(L, k_new.size(2));
+    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+  }
+
+  AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override {
+    Layer& L = checked_layer(layer, k_new, v_new, s);
+    AttnInputs a = inputs(L, k_new, v_new);
+    L.tk.append(k_new);
+    L.tv.append(v_new);
+    store(L, k_new.size(2));
+    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+    return a;
   }
 
   MemoryReport memory() const override {
     SegmentTally t;
     for (const auto& L : layers_) {
-      L.k.account("k", t);
-      L.v.account("v", t);
+      t.add("k.sink", L.sk.elements(), L.sk.elements() * 16);
+      L.k->account("k", t);
+      t.add("k.residual", L.resid * per_token(), L.resid * per_token() * 16);
+      t.add("v.sink", L.sv.elements(), L.sv.elements() * 16);
+      L.v->account("v", t);
+      t.add("v.residual", L.resid * per_token(), L.resid * per_token() * 16);
     }
     MemoryReport r;
     t.to_report(r);
@@ -167,67 +270,172 @@ class SegmentsPolicy final : public KVCachePolicy {
 
  private:
   struct Layer {
-    Side k, v;
+    FpRows sk, sv;              // sink
+    std::unique_ptr<Body> k, v;  // compressed body
+    // [leftovers | residual | chunk being stored]: leftovers are the body tokens the fused kernel
+    // does not read in place (an unfinished tile or key group), decoded; CUDA-fused layers only
+    FpRows tk, tv;
+    int64_t lo = 0, resid = 0;
     int64_t len = 0;       // tokens held (= next position)
     bool started = false;  // the body has been created (KVQ "first call" done)
     bool open = false;     // KVQ residual_open
   };
 
-  void kvq_rule(Layer& L, const at::Tensor& rk, const at::Tensor& rv, const at::Tensor& deq_k,
-                const at::Tensor& deq_v) {
-    if (!L.started) {
-      L.k.body.push_back(cfg_.key_codec->encode(rk));
-      L.v.body.push_back(cfg_.value_codec->encode(rv));
-      L.started = true;
-      L.open = false;
-      return;
+  std::unique_ptr<Body> make_body(bool key) const {
+    const auto& codec = key ? cfg_.key_codec : cfg_.value_codec;
+    switch (storage_) {
+      case Storage::Packed: return std::make_unique<PackedBody>(codec->format(), key);
+      case Storage::Int8: return std::make_unique<Int8Body>();
+      case Storage::Blocks: break;
     }
-    if (L.open && ntok(L.k.resid) + 1 >= cfg_.residual_length) {
-      if (cfg_.flush == FlushMode::RequantizeAll) {
-        auto bk = cfg_.key_codec->encode(cat_tokens({deq_k, L.k.resid, rk}));
-        auto bv = cfg_.value_codec->encode(cat_tokens({deq_v, L.v.resid, rv}));
-        L.k.body.clear();
-        L.v.body.clear();
-        L.k.body.push_back(std::move(bk));
-        L.v.body.push_back(std::move(bv));
-        L.k.decoded = L.v.decoded = 0;
-      } else {
-        L.k.body.push_back(cfg_.key_codec->encode(cat_tokens({L.k.resid, rk})));
-        L.v.body.push_back(cfg_.value_codec->encode(cat_tokens({L.v.resid, rv})));
-      }
-      L.k.resid = at::Tensor();
-      L.v.resid = at::Tensor();
-      L.open = false;
-      return;
-    }
-    L.k.resid = owned_cat(L.k.resid, rk);
-    L.v.resid = owned_cat(L.v.resid, rv);
-    L.open = true;
+    return std::make_unique<BlockBody>(codec);
   }
 
-  void slide(Layer& L, const at::Tensor& rk, const at::Tensor& rv) {
-    at::Tensor k = owned_cat(L.k.resid, rk);
-    at::Tensor v = owned_cat(L.v.resid, rv);
-    const int64_t excess = k.size(2) - cfg_.residual_length;
-    if (excess > 0) {
-      L.k.body.push_back(cfg_.key_codec->encode(k.narrow(2, 0, excess)));
-      L.v.body.push_back(cfg_.value_codec->encode(v.narrow(2, 0, excess)));
-      // clone: the residual must not pin the tokens that left it
-      k = k.narrow(2, excess, cfg_.residual_length).clone(at::MemoryFormat::Contiguous);
-      v = v.narrow(2, excess, cfg_.residual_length).clone(at::MemoryFormat::Contiguous);
+  int64_t per_token() const { return batch_ * info_.n_kv_heads * info_.head_dim; }
+
+  Layer& checked_layer(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) {
+    if (layer < 0 || layer >= int(layers_.size()))
+      throw error("{} policy: layer {} out of range (model has {} layers; reset() first?)", cfg_.name, layer,
+                  layers_.size());
+    if (k_new.dim() != 4 || v_new.dim() != 4 || k_new.size(2) != v_new.size(2))
+      throw error("{} policy: keys/values must be [B, Hkv, n, D] with equal n", cfg_.name);
+    Layer& L = layers_[size_t(layer)];
+    if (s.pos0 != L.len)
+      throw error("{} policy: layer {} got a chunk at position {} but holds {} tokens (positions must be "
+                  "contiguous from 0 after reset)", cfg_.name, layer, s.pos0, L.len);
+    if (k_new.size(2) == 0) throw error("{} policy: an empty chunk (layer {})", cfg_.name, layer);
+    return L;
+  }
+
+  // [sink, body, residual, chunk] in the compute dtype, for dense attention.
+  AttnInputs inputs(Layer& L, const at::Tensor& k_new, const at::Tensor& v_new) {
+    AttnInputs a;
+    const int64_t r0 = L.lo, r1 = L.lo + L.resid;
+    a.k = cat_tokens({L.sk.view(), L.k->decode(k_new.scalar_type()), L.tk.view(r0, r1), k_new});
+    a.v = cat_tokens({L.sv.view(), L.v->decode(v_new.scalar_type()), L.tv.view(r0, r1), v_new});
+    const int64_t N = a.k.size(2), n = k_new.size(2);
+    a.key_pos = at::arange(L.len + n - N, L.len + n, at::TensorOptions().dtype(at::kLong).device(k_new.device()));
+    a.n_cached = N - n;
+    return a;
+  }
+
+  bool kernel_ready(const Layer& L) const {
+    return storage_ != Storage::Packed || static_cast<const PackedBody&>(*L.k).kernel_tokens() >= 0;
+  }
+
+  // The chunk is the tail's last n tokens; returns [B, n, Hq·D] in q's dtype.
+  at::Tensor fused_attention(Layer& L, const at::Tensor& q, int64_t n, double scale) {
+    const kernels::FpSegment sink{L.sk.view(), L.sv.view()};
+    const kernels::FpSegment tail{L.tk.view(), L.tv.view()};
+    at::Tensor o;
+    std::string impl;
+    if (storage_ == Storage::Int8) {
+      const auto k = static_cast<const Int8Body&>(*L.k).view(), v = static_cast<const Int8Body&>(*L.v).view();
+      o = kernels::int8_attention(q, &k, &v, sink, tail, scale);
+      impl = "kvx_int8";
+    } else {
+      const auto& bk = static_cast<const PackedBody&>(*L.k);
+      const auto& bv = static_cast<const PackedBody&>(*L.v);
+      const int64_t T = bk.kernel_tokens();
+      const kernels::PackedBlock k = T > 0 ? bk.view(T) : kernels::PackedBlock{}, v = T > 0 ? bv.view(T) : kernels::PackedBlock{};
+      o = kernels::packed_attention(q, T > 0 ? &k : nullptr, T > 0 ? &v : nullptr, sink, tail, scale);
+      impl = T > 0 ? "kvx_packed" : "kvx_dense";
     }
-    L.k.resid = k;
-    L.v.resid = v;
+    note_path(L.len > 0, "fused", impl);
+    const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3);
+    return at::empty({B, n, Hq, D}, q.options()).copy_(o.transpose(1, 2)).view({B, n, Hq * D});
+  }
+
+  // The chunk just appended to the tail (its last n tokens) goes to the sink, the residual or the
+  // body by the flush rule.
+  void store(Layer& L, int64_t n) {
+    int64_t c0 = L.lo + L.resid;
+    const int64_t n_sink = std::clamp<int64_t>(cfg_.sink - L.len, 0, n);
+    if (n_sink > 0) {
+      L.sk.append(L.tk.view(c0, c0 + n_sink));
+      L.sv.append(L.tv.view(c0, c0 + n_sink));
+      L.tk.erase(c0, n_sink);
+      L.tv.erase(c0, n_sink);
+    }
+    const int64_t m = n - n_sink;
+    L.len += n;
+    if (m == 0) return;
+    if (cfg_.flush == FlushMode::Sliding) {
+      const int64_t excess = L.resid + m - cfg_.residual_length;
+      if (excess > 0) {
+        flush(L, excess, false);
+        L.resid = cfg_.residual_length;
+      } else {
+        L.resid += m;
+      }
+    } else if (!L.started) {  // the first call quantizes its whole chunk
+      flush(L, m, false);
+      L.started = true;
+      L.open = false;
+    } else if (L.open && L.resid + 1 >= cfg_.residual_length) {
+      flush(L, L.resid + m, cfg_.flush == FlushMode::RequantizeAll);
+      L.resid = 0;
+      L.open = false;
+    } else {
+      L.resid += m;
+      L.open = true;
+    }
+  }
+
+  // Encodes the first `count` tokens after the leftovers into the body and drops them from the tail;
+  // then the leftovers follow the body.
+  void flush(Layer& L, int64_t count, bool requantize_all) {
+    const at::Tensor xk = L.tk.view(L.lo, L.lo + count), xv = L.tv.view(L.lo, L.lo + count);
+    if (requantize_all) {
+      L.k->requantize(xk);
+      L.v->requantize(xv);
+    } else {
+      L.k->append(xk);
+      L.v->append(xv);
+    }
+    L.tk.erase(L.lo, count);
+    L.tv.erase(L.lo, count);
+    if (!fused_ || storage_ != Storage::Packed) return;
+    const auto& bk = static_cast<const PackedBody&>(*L.k);
+    const auto& bv = static_cast<const PackedBody&>(*L.v);
+    const int64_t T = bk.kernel_tokens(), N = bk.tokens();
+    if (T < 0) return;  // several runs: this layer attends densely (kernel_ready)
+    const at::ScalarType dt = xk.scalar_type();
+    L.tk.replace_front(L.lo, bk.decode_range(dt, T, N));
+    L.tv.replace_front(L.lo, bv.decode_range(dt, T, N));
+    L.lo = N - T;
   }
 
   SegmentsConfig cfg_;
   ModelInfo info_;
   int64_t batch_ = 1;
+  Storage storage_ = Storage::Blocks;
+  bool fused_ = false;
   std::vector<Layer> layers_;
   int64_t seen_ = 0;
 };
 
 }  // namespace
+
+std::string segments_fused_unsupported(const SegmentsConfig& c, const ModelInfo& m) {
+  auto key = c.key_codec ? c.key_codec : make_fp_codec(), value = c.value_codec ? c.value_codec : make_fp_codec();
+  SegmentsConfig full = c;
+  full.key_codec = key;
+  full.value_codec = value;
+  const Storage st = storage_of(full, m.head_dim);
+  if (st == Storage::Blocks)
+    return fmt::format("the codecs ({} / {}) are not stored in the fused kernels' layout (kvq with 2/4/8 bits, float16 "
+                       "statistics and per-token values, or selective_int8)", key->name(), value->name());
+  if (!m.device.is_cuda()) return "the fused kernels run on CUDA (this run is on the CPU, which runs their reference)";
+#ifndef KVX_WITH_CUDA
+  return "this kvx build has no CUDA kernels";
+#endif
+  if (m.dtype != at::kHalf && m.dtype != at::kBFloat16)
+    return fmt::format("the model computes in {} (the fused kernels take float16 or bfloat16)", c10::toString(m.dtype));
+  if (st == Storage::Int8) return kernels::int8_attention_unsupported(m.head_dim);
+  const PackedBody kb(key->format(), true), vb(value->format(), false);
+  return kernels::packed_attention_unsupported(kb.config(m.head_dim), vb.config(m.head_dim), m.head_dim);
+}
 
 std::unique_ptr<KVCachePolicy> make_segments_policy(SegmentsConfig cfg) {
   return std::make_unique<SegmentsPolicy>(std::move(cfg));

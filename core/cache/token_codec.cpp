@@ -64,13 +64,12 @@ class AffineCodec final : public TokenCodec {
   AffineCodec(int bits, int64_t group, GroupAxis axis, at::ScalarType meta)
       : bits_(bits), group_(group), axis_(axis), meta_(meta) {}
   std::unique_ptr<CodedBlock> encode(const at::Tensor& x) const override {
-    at::ScalarType meta = meta_;
-    if (meta == at::ScalarType::Undefined) meta = x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
-    return std::make_unique<AffineCodedBlock>(affine_quantize(x, bits_, group_, axis_, meta));
+    return std::make_unique<AffineCodedBlock>(affine_quantize(x, bits_, group_, axis_, meta_));
   }
   std::string name() const override {
     return fmt::format("affine b{} g{} {}", bits_, group_, axis_ == GroupAxis::Token ? "token" : "channel");
   }
+  CodecFormat format() const override { return {CodecFormat::Affine, bits_, group_, axis_, meta_}; }
 
  private:
   int bits_;
@@ -99,6 +98,7 @@ class Int8Codec final : public TokenCodec {
     return std::make_unique<Int8CodedBlock>(int8_quantize(x));
   }
   std::string name() const override { return "int8"; }
+  CodecFormat format() const override { return {CodecFormat::Int8, 8, 0, GroupAxis::Token, at::kFloat}; }
 };
 
 }  // namespace

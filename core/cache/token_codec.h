@@ -1,7 +1,7 @@
 // Token codecs: how one of K or V is stored in the compressed body of a segment store.
 // A codec encodes a run of tokens [B, H, n, D] into a CodedBlock that holds the real storage
 // (packed codes + metadata) and decodes it on demand. The policy pairs a key codec with a
-// value codec (DESIGN.md: "a policy owns a key codec and a value codec").
+// value codec (docs/methods/README.md: a policy owns a key codec and a value codec).
 //
 // Accounting: every block reports the bits it actually holds: packed code bytes·8 and the
 // metadata tensors at their element size. Full-precision storage counts 16 bits per element
@@ -41,20 +41,31 @@ class CodedBlock {
   virtual void account(const std::string& prefix, SegmentTally& tally) const = 0;
 };
 
+// What a codec stores, for policies that keep it in the fused kernels' layout (packed_store.h):
+// affine groups (PackedStore) or int8 absmax rows (Int8Store); Other: only as CodedBlocks.
+struct CodecFormat {
+  enum Kind { Other, Affine, Int8 } kind = Other;
+  int bits = 0;
+  int64_t group = 0;
+  GroupAxis axis = GroupAxis::Token;
+  at::ScalarType meta = at::kHalf;  // affine statistics' dtype
+};
+
 class TokenCodec {
  public:
   virtual ~TokenCodec() = default;
   virtual std::unique_ptr<CodedBlock> encode(const at::Tensor& x) const = 0;  // [B, H, n, D]
   virtual std::string name() const = 0;
+  virtual CodecFormat format() const { return {}; }
 };
 
 // Keeps the tokens as they are (the `none` codec inside a compressed layout).
 std::shared_ptr<const TokenCodec> make_fp_codec();
-// Affine min-max groups (section 1.5.1/4.3). meta_dtype kHalf or kBFloat16; at::ScalarType::
-// Undefined means "bf16 when the data is bf16, otherwise fp16".
+// Affine min-max groups (docs/methods/kvq.md). meta_dtype kHalf or kBFloat16 (the statistics'
+// storage; kHalf is what the fused kernels read).
 std::shared_ptr<const TokenCodec> make_affine_codec(int bits, int64_t group, GroupAxis axis,
                                                     at::ScalarType meta_dtype);
-// Symmetric absmax int8 per (token, head) with fp32 scales (section 1.5.2).
+// Symmetric absmax int8 per (token, head) with fp32 scales (docs/methods/selective_int8.md).
 std::shared_ptr<const TokenCodec> make_int8_codec();
 
 }  // namespace kvx

@@ -9,6 +9,18 @@
 #include <cstdint>
 
 namespace kvx::kernels::cuda {
+
+// Where a split-K launch puts every split's partials for combine_kernel: part_o [rows, n_splits,
+// kD], part_m and part_l [rows, n_splits] (rows: the query rows, (b·Hq + h)·n + token). Outside the
+// unnamed namespace, as the kernel parameter structs that hold it: several .cu files launch the
+// packed kernels with one parameter type.
+struct SplitOutput {
+  float* part_o;
+  float* part_m;
+  float* part_l;
+  int n_splits;
+};
+
 namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -41,15 +53,6 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// Where a split-K launch puts every split's partials for combine_kernel: part_o [B, Hq, n_splits,
-// kD], part_m and part_l [B, Hq, n_splits].
-struct SplitOutput {
-  float* part_o;
-  float* part_m;
-  float* part_l;
-  int n_splits;
-};
-
 // Programmatic dependent launch (sm_90+; launch_split_k): a split-K kernel lets combine_kernel's
 // launch start as soon as all its blocks run, and combine_kernel waits for the split-K kernel's end
 // and memory before it reads the partials. The launch then overlaps the split-K kernel's tail.
@@ -64,7 +67,7 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #endif
 }
 
-// One block per (b, query head): out[bq, :] = Σ_s O_s·2^(M_s - M) / Σ_s L_s·2^(M_s - M). The split
+// One block per query row: out[bq, :] = Σ_s O_s·2^(M_s - M) / Σ_s L_s·2^(M_s - M). The split
 // loops are unrolled so that their loads are in flight together (one at a time, 8 splits took 5 µs).
 template <int D>
 __global__ void combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_m,

@@ -5,9 +5,12 @@
 //           B = the query fragments of this lane's heads, rows = the <= 8 query heads of a KV head)
 //   output  Oᵀ[ch, head] += V[ch, tok]·Pᵀ[tok, head]  (A = values, B = the probabilities, moved from
 //           the score layout by movmatrix)
-// Lane (g, t) = (lane / 4, lane % 4) holds the scores of tokens g, g + 8 of each 16 and heads 2t,
+// Lane (g, t) = (lane / 4, lane % 4) holds the scores of tokens g, g + 8 of each 16 and columns 2t,
 // 2t + 1, and the outputs of channels 16g + p (p = 0..15, rows g / g + 8 of mma p / 2) for those
-// heads (columns: a kernel may repeat the heads, see store_split). Key channels are paired as the
+// columns (a kernel may repeat the query rows, see store_split).
+// Query rows: a KV head serves `rows` = GQA heads x chunk tokens (head-major: row = head·n + token,
+// as q [B, Hq, n, D] lies); a block takes nh <= 8 of them (block_rows), so any GQA ratio and any
+// chunk length run, a chunk's rows spread over blockIdx.z. Key channels are paired as the
 // codes lie (KeyPair<8> for int8 rows, natural pairs for packed keys: packed_layout.h), the same
 // for the keys' A and the query's B. Per-column sums over tokens (the softmax denominators, the
 // value biases) run on the tensor cores too (column_total).
@@ -15,11 +18,26 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 
 #include "core/kernels/decode_common.cuh"
 
 namespace kvx::kernels::cuda {
+
+// A full-precision segment: rows [B, Hkv, R, kD] of fp16 or bf16 (bf16 converts to fp16 exactly).
+// Token r is visible to a query of chunk token qt when r <= causal_base + qt: R - 1 for segments
+// every query sees whole, R - n for one whose last n tokens are the chunk's own. (Outside the unnamed
+// namespace, as SplitOutput.)
+struct DenseSeg {
+  const void* k;
+  const void* v;
+  int64_t k_bh, v_bh;  // elements between consecutive (b, h)
+  int R;
+  int causal_base;
+  bool bf16;
+};
+
 namespace {
 
 constexpr int kD = 128;  // head_dim of the fused attention kernels
@@ -156,23 +174,47 @@ __host__ __device__ constexpr bool pairs_repeat_per_quad() {
   return true;
 }
 
-// The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[h][32t +
-// lo], q[h][32t + hi]) for pair pp of the pairing KP (NaturalPair or KeyPair<8>), with column g
-// holding head h = g % nh (nh = 8, or fewer when the columns repeat the heads once per value group),
-// zeros for heads past nrep; into *scaled too (if given), times pair_scale(pp) (a power of 2). A
-// thread takes a quad of channels of one column (its pairs 2w, 2w + 1). Ends with a barrier.
+// The query rows of a block: blockIdx.z = b·qgroups + qg, blockIdx.y = the KV head; the block takes
+// rows qg·nh .. qg·nh + nvalid - 1 of the KV head's `rows`. row0: the global index of its first row
+// in q viewed as [B·Hkv·rows, kD] (also the row of the output). chunk: tokens per query head, so
+// that row r is token r % chunk of the chunk.
+struct BlockRows {
+  int b, nvalid, qrow0;  // qrow0: the first row within the KV head's rows
+  int64_t row0;
+};
+__device__ __forceinline__ BlockRows block_rows(int Hkv, int rows, int qgroups, int nh) {
+  const int qg = blockIdx.z % qgroups, b = blockIdx.z / qgroups;
+  BlockRows r;
+  r.b = b;
+  r.qrow0 = qg * nh;
+  r.nvalid = min(nh, rows - r.qrow0);
+  r.row0 = (int64_t(b) * Hkv + blockIdx.y) * rows + r.qrow0;
+  return r;
+}
+// The chunk token of this lane's columns 2t, 2t + 1 (column c is row c % nh of the block).
+__device__ __forceinline__ void column_tokens(const BlockRows& br, int nh, int chunk, int (&qt)[2]) {
+  const int t = (threadIdx.x % 32) & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) qt[h] = (br.qrow0 + (2 * t + h) % nh) % chunk;
+}
+
+// The query B fragments of every lane into shared memory: pair pp of lane (g, t) = half2(q[r][32t +
+// lo], q[r][32t + hi]) for pair pp of the pairing KP (NaturalPair or KeyPair<8>), with column g
+// holding row r = g % nh of the block (nh = 8, or fewer when the columns repeat the rows once per
+// value group), zeros for rows past nvalid; into *scaled too (if given), times pair_scale(pp) (a
+// power of 2). q: rows of kD elements from element row0·kD on. A thread takes a quad of channels of
+// one column (its pairs 2w, 2w + 1). Ends with a barrier.
 struct UnitPairScale {
   __device__ float operator()(int) const { return 1.f; }
 };
 template <class KP, class PairScale = UnitPairScale>
-__device__ __forceinline__ void stage_query(QueryFragments& qf_s, const void* q, int q_type, int64_t q_bs, int b,
-                                            int hkv, int nrep, int nh, QueryFragments* scaled = nullptr,
-                                            PairScale pair_scale = {}) {
+__device__ __forceinline__ void stage_query(QueryFragments& qf_s, const void* q, int q_type, int64_t row0, int nvalid,
+                                            int nh, QueryFragments* scaled = nullptr, PairScale pair_scale = {}) {
   static_assert(pairs_repeat_per_quad<KP>(), "stage_query reads the query a channel quad at a time");
   for (int i = threadIdx.x; i < 8 * kD / 4; i += blockDim.x) {
     const int g = i / (kD / 4), quad = i % (kD / 4), hh = g % nh, ln = 4 * g + quad / 8, w = quad % 8;
     float x[4] = {0.f, 0.f, 0.f, 0.f};
-    if (hh < nrep) load_q_run(q, q_type, int64_t(b) * q_bs + (int64_t(hkv) * nrep + hh) * kD + 4 * quad, x);
+    if (hh < nvalid) load_q_run(q, q_type, (row0 + hh) * kD + 4 * quad, x);
 #pragma unroll
     for (int pl = 0; pl < 2; ++pl) {
       const int pp = 2 * w + pl;
@@ -209,15 +251,6 @@ __device__ __forceinline__ uint32_t half_pair(const uint32_t (&w)[16]) {
 __device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
   return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)));
 }
-
-// A full-precision segment: rows [B, Hkv, R, kD] of fp16 or bf16 (bf16 converts to fp16 exactly).
-struct DenseSeg {
-  const void* k;
-  const void* v;
-  int64_t k_bh, v_bh;  // elements between consecutive (b, h)
-  int R;
-  bool bf16;
-};
 
 // Channels ch0.. of token `tok` as N fp16-pair words; zeros past the segment's end (their
 // probabilities are 0, and 0·garbage could be NaN).
@@ -287,6 +320,9 @@ constexpr float kMaxSlack = 4.f;
 // one sets it, and exp2(-inf) = 0 resets. Returns P = 2^(score - m_run) as the value mma's B
 // fragments (transposed per 8x8 block) and adds it to cs.l; the column sums (cs.s, cs.m too with
 // FOLD) rescale with the outputs.
+// Masked scores are -inf; a column whose every score so far was masked keeps m_run = -inf, and
+// its offsets stay finite (off + FLT_MAX) so that P = 2^-inf = 0, never NaN (a warp's range may lie
+// past a chunk query's own token).
 template <bool FOLD>
 __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float scale, const float (&off)[2],
                                                uint32_t (&pb)[4], float (&m_run)[2], ColumnSums& cs,
@@ -296,8 +332,8 @@ __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float sca
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     mx[h] = fmaxf(fmaxf(d[0][h], d[0][h + 2]), fmaxf(d[1][h], d[1][h + 2]));
-    o[h] = off[h] - m_run[h];
-    over |= fmaf(mx[h], scale, o[h]) > kMaxSlack;  // +inf before the first tile
+    o[h] = off[h] - fmaxf(m_run[h], -FLT_MAX);
+    over |= fmaf(mx[h], scale, o[h]) > kMaxSlack;  // before the first valid score: FLT_MAX
   }
   if (__any_sync(kFullMask, over)) {
     float corr[2];
@@ -307,9 +343,9 @@ __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float sca
 #pragma unroll
       for (int i = 4; i < 32; i <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(kFullMask, tmax, i));
       const float m_new = fmaxf(m_run[h], tmax);
-      corr[h] = fast_exp2(m_run[h] - m_new);
+      corr[h] = m_new == -INFINITY ? 1.f : fast_exp2(m_run[h] - m_new);
       m_run[h] = m_new;
-      o[h] = off[h] - m_new;
+      o[h] = off[h] - fmaxf(m_new, -FLT_MAX);
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -337,14 +373,16 @@ __device__ __forceinline__ void online_softmax(const float (&d)[2][4], float sca
 }
 
 // One 32-token tile r0.. of a full-precision segment, against the query fragments qf (paired as
-// KP says): scores, online softmax and values into the running state.
+// KP says): scores, online softmax and values into the running state. qt: the chunk tokens of the
+// lane's columns (column_tokens), for the segment's causal limit.
 template <class KP, bool FOLD>
 __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh, int r0, const uint32_t (&qf)[16],
-                                                  float scale_log2, float (&m_run)[2], ColumnSums& cs,
-                                                  float (&acc)[8][4]) {
+                                                  const int (&qt)[2], float scale_log2, float (&m_run)[2],
+                                                  ColumnSums& cs, float (&acc)[8][4]) {
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int64_t k_off = bh * sg.k_bh, v_off = bh * sg.v_bh;
-  float s[2][4];  // raw q·k, -inf past the segment's end
+  const int lim[2] = {min(sg.R - 1, sg.causal_base + qt[0]), min(sg.R - 1, sg.causal_base + qt[1])};
+  float s[2][4];  // raw q·k, -inf past the segment's end and the column's causal limit
 #pragma unroll
   for (int bb = 0; bb < 2; ++bb) {
     uint32_t k0[16], k1[16];  // tokens r0 + 16bb + g and + 8, channels 32t..32t+31
@@ -358,7 +396,7 @@ __device__ __forceinline__ void attend_dense_tile(const DenseSeg& sg, int64_t bh
     KVX_RSTEP(0) KVX_RSTEP(1) KVX_RSTEP(2) KVX_RSTEP(3) KVX_RSTEP(4) KVX_RSTEP(5) KVX_RSTEP(6) KVX_RSTEP(7)
 #undef KVX_RSTEP
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) < sg.R ? d[e] : -INFINITY;
+    for (int e = 0; e < 4; ++e) s[bb][e] = r0 + 16 * bb + g + 8 * (e >> 1) <= lim[e & 1] ? d[e] : -INFINITY;
   }
   uint32_t pb[4];
   const float no_offset[2] = {0.f, 0.f};
@@ -388,11 +426,12 @@ struct alignas(16) SplitMerge {
   float o[kFastWarps][8][kD];
 };
 
-// Merges the block's warps and writes split `split` of the partials (out) for the nrep query heads
-// of KV head hkv. Column c of the accumulators is head c % nh, valid for the channels of group
-// c / nh (16g / (kD·nh/8) for lane g; nh = 8: one group). Every thread of the block calls it.
+// Merges the block's warps and writes split `split` of the partials (out) for the block's nrep
+// query rows, global rows row0 .. row0 + nrep - 1. Column c of the accumulators is row c % nh,
+// valid for the channels of group c / nh (16g / (kD·nh/8) for lane g; nh = 8: one group). Every
+// thread of the block calls it.
 __device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)[2], const ColumnSums& cs, const float (&acc)[8][4],
-                                            int nrep, int nh, int b, int hkv, int Hq, int split, const SplitOutput& out) {
+                                            int nrep, int nh, int64_t row0, int split, const SplitOutput& out) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   bool ok[2];
   int head[2];
@@ -438,7 +477,7 @@ __device__ __forceinline__ void store_split(SplitMerge& sm, const float (&m_run)
         O.z += o.z * f;
         O.w += o.w * f;
       }
-    const int64_t slot = (int64_t(b) * Hq + int64_t(hkv) * nrep + h) * out.n_splits + split;
+    const int64_t slot = (row0 + h) * out.n_splits + split;
     *reinterpret_cast<float4*>(out.part_o + slot * kD + d) = O;
     if (d == 0) {
       out.part_m[slot] = M;

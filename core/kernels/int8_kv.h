@@ -1,44 +1,45 @@
-// Kernels over the selective-int8 cache layout (ALGORITHMS.md 6.3, policy quantizers/selective_int8):
-// per layer and (batch, KV head)
+// Fused attention over the selective-int8 cache layout (docs/methods/selective_int8.md): per layer
+// and (batch, KV head)
 //     [ sinks: fp16/bf16 | body: int8 absmax per token + fp32 scale | recent window: fp16/bf16 ]
-// fused decode attention that reads the int8 codes and covers sinks, body and window in one
-// split-K launch on the tensor cores, followed by the log-sum-exp merge of packed_kv.h's kernels.
-//
-// The body is core/cache/int8_absmax.h's Int8Block (codes int8 [B, H, N, D], scale fp32
-// [B, H, N]), so a policy's storage is handed over without copies; quantize-on-append is that
-// codec's int8_quantize (a CUDA kernel for CUDA tensors, core/cache/codec_cuda.h).
-// int8_decode_attention has a plain CPU reference (int8_kv_ref.cpp); tensors on CUDA take the
-// CUDA kernels (int8_kv_cuda.cu) when kvx was built with them, otherwise a clear error.
+// The kernel reads the int8 codes in place and covers sinks, body and window (with the queries' own
+// tokens at the window's end, causal) in one split-K launch on the tensor cores, followed by the
+// log-sum-exp merge of packed_kv.h's kernels. The body is core/cache's int8 absmax storage:
+// x̂ = code·scale in fp32.
+// int8_attention has a plain CPU reference (int8_kv_ref.cpp); tensors on CUDA take the CUDA kernel
+// (int8_kv_cuda.cu) when kvx was built with it, otherwise a clear error.
 #pragma once
 #include <ATen/core/Tensor.h>
 
-#include "core/cache/int8_absmax.h"
+#include <string>
+
+#include "core/kernels/packed_kv.h"
 
 namespace kvx::kernels {
 
-// One layer's selective-int8 cache. Undefined or zero-length segments are allowed (T <= S + W:
-// no body; S = 0: no sinks), but not all three empty. Sinks and window share one dtype
-// (float16 or bfloat16 on CUDA; any floating dtype on CPU).
-struct SelectiveInt8Cache {
-  at::Tensor k_sink, v_sink;  // [B, Hkv, S, D]
-  Int8Block k_body, v_body;   // [B, Hkv, N, D]
-  at::Tensor k_win, v_win;    // [B, Hkv, W, D]
-  int64_t bytes() const;
+// An int8 body: codes int8 [B, H, N, D] (rows contiguous; a token range of a larger buffer is
+// fine) and scales fp32 [B, H, N] (the token axis contiguous).
+struct Int8Rows {
+  at::Tensor codes, scale;
+  int64_t tokens() const { return codes.defined() ? codes.size(2) : 0; }
 };
 
-// One decode step for every query head: q [B, Hq, D], Hq a multiple of Hkv (GQA: query head h
-// uses KV head h / (Hq/Hkv)); attends over sinks, body and window. Returns [B, Hq, D] fp32.
-// On CUDA this is the fused kernel (D = 128, GQA ratio <= 8); on CPU the
-// reference (dequantize, then attend). The path taken is packed_kv.h's decode_attention_path.
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
+// As packed_attention (packed_kv.h) with an int8 body (k, v may be nullptr or empty). Returns
+// [B, Hq, n, D] fp32.
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale);
+// Why the fused CUDA kernel cannot take this shape ("" when it can).
+std::string int8_attention_unsupported(int64_t head_dim);
 
 namespace ref {
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
+at::Tensor int8_dequantize(const Int8Rows& r);  // [B, H, N, D] fp32 on the CPU
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale);
 }  // namespace ref
 
 #ifdef KVX_WITH_CUDA
 namespace cuda {
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale);
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale);
 }  // namespace cuda
 #endif
 

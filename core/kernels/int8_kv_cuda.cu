@@ -34,16 +34,17 @@ __device__ __forceinline__ uint32_t s8_pair(uint32_t y) {
 }
 
 struct Int8MmaParams {
-  const void* q;  // [B, Hq, kD], batch stride q_bs, dtype q_type (see load_q_run)
-  int64_t q_bs;
+  const void* q;  // rows [B·Hkv·rows, kD], dtype q_type (see load_q_run)
   int q_type;
-  int Hq, Hkv, nrep;
-  const uint32_t* k;  // body codes int8 [B, Hkv, N, kD] (as words)
+  int Hkv, rows, qgroups, chunk;  // as PackedParams (packed_attention.cuh)
+  const uint32_t* k;  // body codes int8 [B, Hkv, N, kD] (as words), k_bh words between (b, h)
   const uint32_t* v;
-  const float* ks;    // per-token scales [B, Hkv, N]
+  int64_t k_bh, v_bh;
+  const float* ks;    // per-token scales [B, Hkv, N], ks_bh between (b, h)
   const float* vs;
+  int64_t ks_bh, vs_bh;
   int N;
-  DenseSeg tail[2];   // sinks, window (R = 0: absent)
+  DenseSeg tail[2];   // sinks, then the window with the chunk's own tokens (R = 0: absent)
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
   float scale_log2;
   SplitOutput out;
@@ -57,9 +58,11 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
   __shared__ SplitMerge merge;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int hkv = blockIdx.y, b = blockIdx.z, nrep = p.nrep;
-  const int64_t bh = int64_t(b) * p.Hkv + hkv;
-  stage_query<KP>(qf_s, p.q, p.q_type, p.q_bs, b, hkv, nrep, 8);
+  const int64_t bh = int64_t(blockIdx.z / p.qgroups) * p.Hkv + blockIdx.y;
+  {
+    const BlockRows br = block_rows(p.Hkv, p.rows, p.qgroups, 8);
+    stage_query<KP>(qf_s, p.q, p.q_type, br.row0, br.nvalid, 8);
+  }
   uint32_t qf[16];
   load_query(qf_s, qf);
   // -1152·Σ_c q_c per head (columns 2t, 2t + 1), with the fp16 q the scores use
@@ -83,10 +86,10 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
   const int we = min(p.N, wb + tpw);
   const int last = p.N - 1;  // rows past the body's end read its last row (masked, finite)
-  const uint32_t* kslab = p.k + bh * int64_t(p.N) * KROW;
-  const uint32_t* vslab = p.v + bh * int64_t(p.N) * VROW;
-  const float* ksl = p.ks + bh * p.N;
-  const float* vsl = p.vs + bh * p.N;
+  const uint32_t* kslab = p.k + bh * p.k_bh;
+  const uint32_t* vslab = p.v + bh * p.v_bh;
+  const float* ksl = p.ks + bh * p.ks_bh;
+  const float* vsl = p.vs + bh * p.vs_bh;
 
   for (int t0 = wb; t0 < we; t0 += kFastTile) {
     uint32_t kw[4][8];  // token t0 + 8blk + g, channels 32t..32t+31
@@ -167,86 +170,77 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
     }
   }
 
-  if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1)
+  // the block's rows again (kept across the token loop they cost spills; recomputing is cheap)
+  const BlockRows br = block_rows(p.Hkv, p.rows, p.qgroups, 8);
+  if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
+    int qt[2];
+    column_tokens(br, 8, p.chunk, qt);
 #pragma unroll
     for (int sgi = 0; sgi < 2; ++sgi)
       for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
-        attend_dense_tile<KP, true>(p.tail[sgi], bh, r0, qf, p.scale_log2, m_run, cs, acc);
-  store_split(merge, m_run, cs, acc, nrep, 8, b, hkv, p.Hq, blockIdx.x, p.out);
+        attend_dense_tile<KP, true>(p.tail[sgi], bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+  }
+  store_split(merge, m_run, cs, acc, br.nvalid, 8, br.row0, blockIdx.x, p.out);
 }
 
-// [B, Hkv, T, kD] with contiguous 16-byte-aligned rows (a narrowed token range of a larger buffer
-// is fine), else a contiguous copy.
-at::Tensor rows_of(const at::Tensor& x, int64_t B, int64_t Hkv, const char* what) {
-  if (x.dim() != 4 || x.size(0) != B || x.size(1) != Hkv || x.size(3) != kD)
-    throw error("int8 decode attention: {} must be [{}, {}, T, {}]", what, B, Hkv, kD);
-  const bool ok = x.stride(3) == 1 && x.stride(2) == kD && x.stride(0) == x.size(1) * x.stride(1) &&
-                  reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-  return ok ? x : x.contiguous();
+// An int8 body tensor as the kernel reads it: rows (the last dim) contiguous, (b, h) planes at one
+// stride; codes rows of kD bytes, 16-byte aligned.
+void check_body(const at::Tensor& x, int64_t B, int64_t Hkv, int64_t N, bool codes, const char* what) {
+  const bool ok = x.dim() == (codes ? 4 : 3) && x.size(0) == B && x.size(1) == Hkv && x.size(2) == N &&
+                  x.stride(x.dim() - 1) == 1 && x.stride(0) == x.size(1) * x.stride(1) &&
+                  (!codes || (x.size(3) == kD && x.stride(2) == kD && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0)) &&
+                  x.scalar_type() == (codes ? at::kChar : at::kFloat);
+  if (!ok)
+    throw error("int8 attention: {} must be {} [{}, {}, {}{}] with contiguous rows", what, codes ? "int8" : "fp32", B, Hkv,
+                N, codes ? ", 128" : "");
 }
 
 }  // namespace
 
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
-  if (q.dim() != 3 || q.size(2) != kD) throw error("int8 decode attention: q must be [B, Hq, {}]", kD);
-  const int64_t B = q.size(0), Hq = q.size(1);
-  auto tokens = [](const at::Tensor& t) { return t.defined() ? t.size(2) : int64_t(0); };
-  const at::Tensor* any = tokens(c.k_sink) > 0 ? &c.k_sink : c.k_body.tokens() > 0 ? &c.k_body.codes : &c.k_win;
-  if (tokens(*any) == 0) throw error("int8 decode attention: empty cache");
-  const int64_t Hkv = any->size(1);
-  if (Hq % Hkv != 0) throw error("int8 decode attention: {} query heads do not group over {} KV heads", Hq, Hkv);
-  if (Hq / Hkv > 8) throw error("int8 decode attention: GQA ratio {} > 8 is not supported", Hq / Hkv);
-
+  const int64_t N = k ? k->tokens() : 0;
+  const int64_t Hkv = N > 0 ? k->codes.size(1) : tail.tokens() > 0 ? tail.k.size(1) : sink.tokens() > 0 ? sink.k.size(1) : 0;
+  if (Hkv == 0) throw error("int8 attention: empty cache");
+  const RowGrid rg = row_grid(q, Hkv, 8, "int8 attention");
+  const int64_t B = rg.B, n = rg.n;
+  if (tail.tokens() < n) throw error("int8 attention: the window holds {} tokens, fewer than the {} queries' own", tail.tokens(), n);
   const QueryRef qr = query_ref(q);
   Int8MmaParams p{};
   p.q = qr.q.data_ptr();
-  p.q_bs = qr.q.stride(0);
   p.q_type = qr.type;
-  p.Hq = int(Hq);
   p.Hkv = int(Hkv);
-  p.nrep = int(Hq / Hkv);
+  p.rows = rg.rows;
+  p.qgroups = rg.qgroups;
+  p.chunk = int(n);
   p.scale_log2 = float(scale * 1.4426950408889634);
-
-  std::vector<at::Tensor> keep;  // tensors whose pointers the launch uses
-  at::ScalarType dense_type = at::kHalf;
-  bool dense_seen = false;
-  auto add_dense = [&](DenseSeg& s, const at::Tensor& k, const at::Tensor& v, const char* what) {
-    if (tokens(k) == 0) return;
-    auto kr = rows_of(k, B, Hkv, what), vr = rows_of(v, B, Hkv, what);
-    if (kr.scalar_type() != vr.scalar_type() || (dense_seen && kr.scalar_type() != dense_type) ||
-        (kr.scalar_type() != at::kHalf && kr.scalar_type() != at::kBFloat16) || vr.size(2) != kr.size(2))
-      throw error("int8 decode attention: sinks and window must be float16 or bfloat16, one dtype, K and V alike");
-    dense_type = kr.scalar_type();
-    dense_seen = true;
-    s = {kr.data_ptr(), vr.data_ptr(), kr.stride(1), vr.stride(1), int(kr.size(2)), dense_type == at::kBFloat16};
-    keep.push_back(kr);
-    keep.push_back(vr);
-  };
-  add_dense(p.tail[0], c.k_sink, c.v_sink, "sink keys/values");
-  add_dense(p.tail[1], c.k_win, c.v_win, "window keys/values");
-  const int64_t N = c.k_body.tokens();
+  p.tail[0] = dense_seg(sink, B, Hkv, 0, "sink keys/values");
+  p.tail[1] = dense_seg(tail, B, Hkv, int(n), "window keys/values");
+  if (p.tail[0].R > 0 && p.tail[1].R > 0 && p.tail[0].bf16 != p.tail[1].bf16)
+    throw error("int8 attention: sinks and window must share one dtype");
   if (N > 0) {
-    const auto kc = c.k_body.codes.contiguous(), vc = c.v_body.codes.contiguous();
-    const auto ks = c.k_body.scale.contiguous(), vs = c.v_body.scale.contiguous();
-    if (kc.dim() != 4 || kc.size(0) != B || kc.size(1) != Hkv || kc.size(3) != kD || !vc.sizes().equals(kc.sizes()) ||
-        kc.scalar_type() != at::kChar || vc.scalar_type() != at::kChar || ks.scalar_type() != at::kFloat ||
-        vs.scalar_type() != at::kFloat || ks.numel() != B * Hkv * N || vs.numel() != B * Hkv * N)
-      throw error("int8 decode attention: body must be int8 codes [B, Hkv, N, {}] with fp32 scales [B, Hkv, N]", kD);
-    p.k = reinterpret_cast<const uint32_t*>(kc.data_ptr());
-    p.v = reinterpret_cast<const uint32_t*>(vc.data_ptr());
-    p.ks = ks.data_ptr<float>();
-    p.vs = vs.data_ptr<float>();
+    check_body(k->codes, B, Hkv, N, true, "key codes");
+    check_body(v->codes, B, Hkv, N, true, "value codes");
+    check_body(k->scale, B, Hkv, N, false, "key scales");
+    check_body(v->scale, B, Hkv, N, false, "value scales");
+    p.k = reinterpret_cast<const uint32_t*>(k->codes.data_ptr());
+    p.v = reinterpret_cast<const uint32_t*>(v->codes.data_ptr());
+    p.k_bh = k->codes.stride(1) / 4;
+    p.v_bh = v->codes.stride(1) / 4;
+    p.ks = k->scale.data_ptr<float>();
+    p.vs = v->scale.data_ptr<float>();
+    p.ks_bh = k->scale.stride(1);
+    p.vs_bh = v->scale.stride(1);
     p.N = int(N);
-    keep.insert(keep.end(), {kc, vc, ks, vs});
   }
   // no body: one split, whose last warp takes sinks and window
-  const int64_t tail = p.tail[0].R + p.tail[1].R;
+  const int64_t fp_tokens = p.tail[0].R + p.tail[1].R;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.tokens_per_split =
-      N > 0 ? split_tokens(N, tail, B * Hkv, int64_t(sms) * resident_blocks(int8_mma_kernel, 0)) : kFastWarps * kFastTile;
+  p.tokens_per_split = N > 0 ? split_tokens(N, fp_tokens, rg.blocks_per_split(), int64_t(sms) * resident_blocks(int8_mma_kernel, 0))
+                             : kFastWarps * kFastTile;
   const int splits = N > 0 ? int((N + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
-  return launch_split_k(int8_mma_kernel, p, dim3(splits, Hkv, B), 0, Hq, q.device(), at::cuda::getCurrentCUDAStream());
+  return launch_split_k(int8_mma_kernel, p, rg, splits, 0, q.device(), at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace kvx::kernels::cuda

@@ -1,52 +1,46 @@
-// Plain CPU reference of int8_kv.h's decode attention (ATen matmuls written for clarity, the
-// yardstick the CUDA kernel is tested against) and the dispatching public functions.
+// Plain CPU reference of int8_kv.h's attention (ATen ops written for clarity, the yardstick the CUDA
+// kernel is tested against) and the dispatching public functions.
 #include <ATen/ATen.h>
-
-#include <vector>
+#include <fmt/format.h>
 
 #include "core/common/error.h"
 #include "core/kernels/int8_kv.h"
-#include "core/kernels/packed_kv.h"
 
 namespace kvx::kernels {
 
-namespace {
-bool has_tokens(const at::Tensor& t) { return t.defined() && t.size(2) > 0; }
-}  // namespace
-
-int64_t SelectiveInt8Cache::bytes() const {
-  int64_t n = 0;
-  for (const at::Tensor* t : {&k_sink, &v_sink, &k_body.codes, &k_body.scale, &v_body.codes, &v_body.scale, &k_win, &v_win})
-    n += tensor_bytes(*t);
-  return n;
-}
-
 namespace ref {
 
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {
-  std::vector<at::Tensor> ks, vs;
-  if (has_tokens(c.k_sink)) {
-    ks.push_back(c.k_sink.to(at::kCPU, at::kFloat));
-    vs.push_back(c.v_sink.to(at::kCPU, at::kFloat));
+at::Tensor int8_dequantize(const Int8Rows& r) {
+  return r.codes.to(at::kCPU, at::kFloat) * r.scale.to(at::kCPU, at::kFloat).unsqueeze(3);
+}
+
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale) {
+  std::vector<at::Tensor> ks{sink.k}, vs{sink.v};
+  if (k && k->tokens() > 0) {
+    ks.push_back(int8_dequantize(*k));
+    vs.push_back(int8_dequantize(*v));
   }
-  if (c.k_body.tokens() > 0) {
-    ks.push_back(kvx::int8_dequantize(c.k_body, at::kFloat).to(at::kCPU));
-    vs.push_back(kvx::int8_dequantize(c.v_body, at::kFloat).to(at::kCPU));
-  }
-  if (has_tokens(c.k_win)) {
-    ks.push_back(c.k_win.to(at::kCPU, at::kFloat));
-    vs.push_back(c.v_win.to(at::kCPU, at::kFloat));
-  }
-  return attend_parts(q, ks, vs, scale, "int8_decode_attention");
+  ks.push_back(tail.k);
+  vs.push_back(tail.v);
+  if (tail.tokens() < q.size(2))
+    throw error("int8_attention: the window holds {} tokens, fewer than the {} queries' own", tail.tokens(), q.size(2));
+  return attend_parts(q, ks, vs, scale, "int8_attention");
 }
 
 }  // namespace ref
 
-at::Tensor int8_decode_attention(const at::Tensor& q, const SelectiveInt8Cache& c, double scale) {
+std::string int8_attention_unsupported(int64_t head_dim) {
+  return head_dim == 128 ? "" : fmt::format("head_dim {} (the fused kernels take 128)", head_dim);
+}
+
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
+                          const FpSegment& tail, double scale) {
 #ifdef KVX_WITH_CUDA
-  if (q.is_cuda()) return cuda::int8_decode_attention(q, c, scale);
+  if (q.is_cuda()) return cuda::int8_attention(q, k, v, sink, tail, scale);
 #endif
-  return ref::int8_decode_attention(q, c, scale).to(q.device());
+  if (q.is_cuda()) throw error("int8_attention: this kvx build has no CUDA kernels");
+  return ref::int8_attention(q, k, v, sink, tail, scale);
 }
 
 }  // namespace kvx::kernels

@@ -2,7 +2,7 @@
 // CUDA pack/dequantize kernels and the fused attention kernel share. Chosen so that the attention
 // kernel makes its tensor-core fragments with one LOP3 per fp16 pair (and a shift per word for the
 // codes in the upper byte of the half-words), with no byte permutes:
-//   keys (per-channel groups)  channels 2j and 2j + 1 sit at the same bit of the low and high
+//   keys                       channels 2j and 2j + 1 sit at the same bit of the low and high
 //        half-words (a query pair (2j, 2j + 1) multiplies them as they lie);
 //   values (per-token groups)  tokens 2u and 2u + 1 swap half-words (a pair of tokens of one
 //        channel is one fp16 pair of the value mma's A operand).
@@ -45,9 +45,10 @@ KVX_HD constexpr Slot value_slot(int64_t t, int64_t T, int c, int bits) {
   return {(t & ~int64_t(1)) + pb / 16, 16 * int(t & 1) + pb % 16};
 }
 
-// Row and bit of the code of channel c of token t (of T) in a block's words.
-KVX_HD constexpr Slot code_slot(int64_t t, int64_t T, int c, int bits, bool per_channel) {
-  return per_channel ? Slot{t, key_bit(c, bits)} : value_slot(t, T, c, bits);
+// Row and bit of the code of channel c of token t (of T) in a block's words: the key layout (channel
+// pairs) or the value layout (token pairs).
+KVX_HD constexpr Slot code_slot(int64_t t, int64_t T, int c, int bits, bool key_layout) {
+  return key_layout ? Slot{t, key_bit(c, bits)} : value_slot(t, T, c, bits);
 }
 
 }  // namespace kvx::kernels::layout

@@ -6,7 +6,6 @@
 #include <optional>
 
 #include "core/common/error.h"
-#include "core/model/attention.h"
 #include "core/model/model_impl.h"
 
 namespace kvx::detail {
@@ -77,7 +76,7 @@ class Gpt2Model final : public CausalLM {
       AttentionOptions opt;
       opt.scale = 1.0 / std::sqrt(double(D));
       if (cfg_.scale_attn_by_inverse_layer_idx) opt.scale /= double(l + 1);
-      at::Tensor a = cached_attention(q, k, v, static_cast<int>(l), step, cache, opt, attn_impl_);
+      at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt);
       x = x + at::linear(a, L.wo, L.bo);
       at::Tensor h = at::linear(at::layer_norm(x, {E}, L.ln2w, L.ln2b, cfg_.norm_eps), L.wfc, L.bfc);
       x = x + at::linear(activation(h), L.wproj, L.bproj);

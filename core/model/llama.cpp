@@ -5,7 +5,6 @@
 #include <optional>
 
 #include "core/common/error.h"
-#include "core/model/attention.h"
 #include "core/model/model_impl.h"
 #include "core/model/rope.h"
 
@@ -14,13 +13,13 @@ namespace {
 
 class LlamaModel final : public CausalLM {
  public:
-  LlamaModel(const ModelConfig& cfg, const std::string& dir, Checkpoint& ck, at::ScalarType dt, at::Device dev,
+  LlamaModel(const ModelConfig& cfg, const std::string& dir, const WeightLoader& ck, at::ScalarType dt, at::Device dev,
              const LayerSplit& sp)
       : CausalLM(cfg, dir, dt, dev, sp) {
     const int64_t H = cfg.hidden_size, D = cfg.head_dim, Hq = cfg.n_heads, Hkv = cfg.n_kv_heads;
     const int64_t I = cfg.intermediate_size, V = cfg.vocab_size;
     at::Device cur = dev;  // a split puts each layer on its own device, the head on the last
-    auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ck.load(name, shape, dt, cur); };
+    auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ck(name, shape, dt, cur); };
     embed_ = load("model.embed_tokens.weight", {V, H});
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -77,7 +76,7 @@ class LlamaModel final : public CausalLM {
       at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
       q = step.rope->apply_range(q, pos0);
       k = step.rope->apply_range(k, pos0).contiguous();
-      at::Tensor a = cached_attention(q, k, v, static_cast<int>(l), step, cache, opt_, attn_impl_);
+      at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt_);
       x = x + at::linear(a, L.wo, L.bo);
       at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
       x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.wd, L.bd);
@@ -163,10 +162,10 @@ class LlamaModel final : public CausalLM {
 
 }  // namespace
 
-std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
+std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, const WeightLoader& load,
                                      at::ScalarType dtype, at::Device device, const LayerSplit& split) {
   c10::InferenceMode guard;
-  return std::make_shared<LlamaModel>(cfg, dir, ckpt, dtype, device, split);
+  return std::make_shared<LlamaModel>(cfg, dir, load, dtype, device, split);
 }
 
 }  // namespace kvx::detail

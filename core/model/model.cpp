@@ -69,6 +69,14 @@ at::Device parse_device(const std::string& d) {
   throw error("unknown device '{}' (expected cpu, cuda or cuda:N)", d);
 }
 
+namespace {
+detail::WeightLoader checkpoint_loader(Checkpoint& ckpt) {
+  return [&ckpt](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType dt, at::Device dev) {
+    return ckpt.load(name, shape, dt, dev);
+  };
+}
+}  // namespace
+
 std::shared_ptr<CausalLM> load_model(const std::string& dir, const std::string& device, const std::string& dtype) {
   if (device.find(',') != std::string::npos || device.find('@') != std::string::npos) {
     const Placement p = parse_placement(device);
@@ -83,10 +91,11 @@ std::shared_ptr<CausalLM> load_model(const std::string& dir, const std::string& 
   const ModelConfig cfg = load_model_config(dir + "/config.json");
   Checkpoint ckpt(dir);
   if (cfg.arch == Arch::Gpt2) return detail::make_gpt2(cfg, dir, ckpt, dt, dev);
-  return detail::make_llama(cfg, dir, ckpt, dt, dev);
+  return detail::make_llama(cfg, dir, checkpoint_loader(ckpt), dt, dev);
 }
 
 namespace {
+
 
 // Weight bytes for the placement: one layer, the embedding, the head (a tied head is copied
 // to the last device, so it counts there too).
@@ -115,7 +124,23 @@ std::shared_ptr<CausalLM> load_model_split(const std::string& dir, const Placeme
   split.head = p.devices.back();
   Checkpoint ckpt(dir);
   if (cfg.arch == Arch::Gpt2) return detail::make_gpt2(cfg, dir, ckpt, dt, p.devices[0], split);
-  return detail::make_llama(cfg, dir, ckpt, dt, p.devices[0], split);
+  return detail::make_llama(cfg, dir, checkpoint_loader(ckpt), dt, p.devices[0], split);
+}
+
+std::shared_ptr<CausalLM> random_llama(const ModelConfig& cfg, const std::string& device, const std::string& dtype,
+                                       uint64_t seed) {
+  if (cfg.arch != Arch::Llama) throw error("random_llama: {} is not a Llama-family config", cfg.architecture);
+  const at::ScalarType dt = parse_compute_dtype(dtype);
+  const at::Device dev = parse_device(device);
+  at::manual_seed(seed);
+  auto load = [](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType t, at::Device d) {
+    const auto opt = at::TensorOptions().dtype(t).device(d);
+    const bool norm = name.size() > 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    if (norm) return at::ones(shape, opt);
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) return at::zeros(shape, opt);
+    return at::randn(shape, opt).mul_(0.02);
+  };
+  return detail::make_llama(cfg, "random:" + cfg.architecture, load, dt, dev);
 }
 
 namespace detail {
@@ -132,11 +157,14 @@ at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device) {
     throw error("forward: token ids must be a [batch, tokens] tensor with at least one token");
   if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == at::kBool)
     throw error("forward: token ids must be integers");
-  at::Tensor t = ids.to(device, at::kLong);
-  auto mm = at::aminmax(t);
-  const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
-  if (lo < 0 || hi >= vocab) throw error("forward: token id {} is outside the vocabulary [0, {})", lo < 0 ? lo : hi, vocab);
-  return t;
+  // Ids on the host are checked there; ids already on a GPU (a decode loop feeding back its own
+  // argmax) are taken as they are: checking them would cost a host round trip per step.
+  if (ids.device().is_cpu()) {
+    auto mm = at::aminmax(ids.to(at::kLong));
+    const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+    if (lo < 0 || hi >= vocab) throw error("forward: token id {} is outside the vocabulary [0, {})", lo < 0 ? lo : hi, vocab);
+  }
+  return ids.to(device, at::kLong);
 }
 
 }  // namespace detail

@@ -28,12 +28,10 @@ class CausalLM {
   at::Device device() const { return device_; }  // the first device (embedding, input ids)
   // Layer split over several devices (core/model/placement.h); empty on one device.
   const std::vector<at::Device>& layer_devices() const { return layer_devices_; }
-  // Attention path the last forward() took: "matmul" (explicit softmax; attention
-  // probabilities available) or "sdpa" (Torch 2.x fused kernel, CUDA only).
-  const std::string& attention_impl() const { return attn_impl_; }
 
-  // ids [B, T] int64 tokens at absolute positions pos0 .. pos0+T-1; every layer's keys and
-  // values go through `cache` (update per layer, end_step after the last). Returns [B, T, V] fp32.
+  // ids [B, T] int64 tokens at absolute positions pos0 .. pos0+T-1; every layer's attention goes
+  // through `cache` (attend per layer, end_step after the last; the attention paths taken are the
+  // policy's paths()). Returns [B, T, V] fp32.
   virtual at::Tensor forward(const at::Tensor& ids, int64_t pos0, KVCachePolicy& cache) = 0;
 
   // Training (kvx train). enable_training() replaces every weight by a leaf tensor with
@@ -65,7 +63,6 @@ class CausalLM {
   std::vector<at::Device> layer_devices_;          // split only
   at::Device head_device_ = at::kCPU;              // split only
   std::vector<std::shared_ptr<Rope>> layer_ropes_; // split only: a Rope on each layer's device
-  std::string attn_impl_ = "none";
   bool training_ = false;
 };
 
@@ -79,6 +76,10 @@ at::Device parse_device(const std::string& device);
 // half matmul in Torch 1.13); bfloat16 on CPU works but is slow.
 std::shared_ptr<CausalLM> load_model(const std::string& dir, const std::string& device = "cpu",
                                      const std::string& dtype = "float32");
+// A Llama-family model of config `cfg` with random weights (every layer its own; N(0, 0.02²),
+// norms 1, biases 0), seeded: benchmarks only (docs: random weights are allowed there alone).
+std::shared_ptr<CausalLM> random_llama(const ModelConfig& cfg, const std::string& device = "cpu",
+                                       const std::string& dtype = "float32", uint64_t seed = 0);
 // The same with an explicit placement (even a single device listed twice, [cpu, cpu], takes
 // the split path: tests of the placement code on CPU).
 std::shared_ptr<CausalLM> load_model_split(const std::string& dir, const Placement& placement,

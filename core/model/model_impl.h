@@ -3,13 +3,20 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <vector>
+
 #include "core/model/model.h"
 #include "core/model/safetensors.h"
 
 namespace kvx::detail {
 
+// Where a builder's weights come from: a checkpoint (Checkpoint::load) or random_llama's generator.
+using WeightLoader = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                              at::ScalarType dtype, at::Device device)>;
+
 // split: each layer's device and the head's (empty: everything on `device`).
-std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
+std::shared_ptr<CausalLM> make_llama(const ModelConfig& cfg, const std::string& dir, const WeightLoader& load,
                                      at::ScalarType dtype, at::Device device, const LayerSplit& split = {});
 std::shared_ptr<CausalLM> make_gpt2(const ModelConfig& cfg, const std::string& dir, Checkpoint& ckpt,
                                     at::ScalarType dtype, at::Device device, const LayerSplit& split = {});
@@ -18,7 +25,8 @@ std::shared_ptr<CausalLM> make_gpt2(const ModelConfig& cfg, const std::string& d
 // Call outside InferenceMode.
 at::Tensor trainable_copy(const at::Tensor& w);
 
-// Validates ids ([B, T] integer, values in [0, vocab)) and moves them to the model device.
+// Validates ids ([B, T] integer; values in [0, vocab) when they are on the host) and moves them to
+// the model device.
 at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device);
 
 }  // namespace kvx::detail

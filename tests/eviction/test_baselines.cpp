@@ -6,7 +6,6 @@
 
 #include <cmath>
 
-#include "core/model/attention.h"
 #include "quantizers/registry.h"
 #include "quantizers/uncomp.h"
 
@@ -176,8 +175,7 @@ TEST(HeadPos, AttentionMasksPaddingPerHead) {
   auto kn = at::zeros({1, 2, 1, 1}), vn = at::full({1, 2, 1, 1}, 40.0);
   kvx::AttentionOptions opt;
   opt.scale = 1.0;
-  std::string impl;
-  auto out = kvx::cached_attention(q, kn, vn, 0, s, p, opt, impl).view({2});
+  auto out = p.attend(0, q, kn, vn, s, opt).view({2});
   // head 0: logits (1, 0, 0) over values (10, 20, 40); head 1: logits (2, 0) over (30, 40)
   const double e = std::exp(1.0);
   EXPECT_NEAR(out[0].item<double>(), (10 * e + 20 + 40) / (e + 2), 1e-4);

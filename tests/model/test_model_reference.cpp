@@ -87,7 +87,10 @@ TEST_P(Reference, ChunkedPrefillEqualsOnePass) {
     parts.push_back(model_->forward(ids.to(model_->device()), c0, *cache)[0].cpu());
   }
   EXPECT_LT((at::cat(parts, 0) - full).abs().max().item<float>(), GetParam().chunk_tol);
-  if (model_->device().is_cpu()) EXPECT_EQ(model_->attention_impl(), "matmul");
+  if (model_->device().is_cpu()) {  // every chunk after the first read the cache, on the CPU reference
+    EXPECT_EQ(cache->paths().kernel_path(), "cpu_reference");
+    EXPECT_EQ(cache->paths().attention_impl(), "matmul");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Reference,

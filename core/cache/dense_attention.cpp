@@ -1,4 +1,4 @@
-#include "core/model/attention.h"
+#include "core/cache/dense_attention.h"
 
 #include <ATen/ATen.h>
 #include <torch/version.h>
@@ -34,32 +34,33 @@ at::Tensor visibility(const AttnInputs& a, int64_t pos0, int64_t T, const Attent
 
 }  // namespace
 
-at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, int layer,
-                            const StepInfo& step, KVCachePolicy& cache, const AttentionOptions& opt,
-                            std::string& impl) {
-  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
-  const int64_t Hkv = k_new.size(1);
-  const int64_t G = Hq / Hkv;
-  if (cache.wants_queries()) cache.observe_queries(layer, q.detach(), step);
-  AttnInputs a = cache.update(layer, k_new, v_new, step);
+void check_attn_inputs(const AttnInputs& a, const at::Tensor& q, int64_t Hkv, int layer, const std::string& policy) {
+  const int64_t B = q.size(0), D = q.size(3);
   if (!a.k.defined() || a.k.dim() != 4 || a.k.size(0) != B || a.k.size(1) != Hkv || a.k.size(3) != D ||
       !a.v.defined() || !a.v.sizes().equals(a.k.sizes()) || !a.key_pos.defined() || a.key_pos.dim() != 1 ||
       a.key_pos.size(0) != a.k.size(2))
     throw error("cache policy '{}' returned malformed attention inputs at layer {}: expected k, v "
-                "[{}, {}, N, {}] and key_pos [N], got k {}, v {}, key_pos {}", cache.name(), layer, B, Hkv, D,
+                "[{}, {}, N, {}] and key_pos [N], got k {}, v {}, key_pos {}", policy, layer, B, Hkv, D,
                 sizes_str(a.k), sizes_str(a.v), sizes_str(a.key_pos));
   if (a.head_pos.defined() && (a.head_pos.dim() != 2 || a.head_pos.size(0) != Hkv || a.head_pos.size(1) != a.k.size(2)))
-    throw error("cache policy '{}' returned head_pos {} at layer {}, expected [{}, {}]", cache.name(),
+    throw error("cache policy '{}' returned head_pos {} at layer {}, expected [{}, {}]", policy,
                 sizes_str(a.head_pos), layer, Hkv, a.k.size(2));
+}
+
+at::Tensor dense_attention(const at::Tensor& q, const AttnInputs& a, int layer, const StepInfo& step,
+                           const AttentionOptions& opt, KVCachePolicy* observer, std::string& impl) {
+  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = a.k.size(1);
+  const int64_t G = Hq / Hkv;
+  const bool want_probs = observer && observer->wants_attention();
   const int64_t N = a.k.size(2);
   at::Tensor k = a.k.to(q.scalar_type()), v = a.v.to(q.scalar_type());
-
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
   // Nothing cached and no window: plain causal attention over the chunk, which SDPA runs as a
   // flash kernel without a mask (and with the GQA grouping inside the kernel).
   const bool plain_causal = a.n_cached == 0 && N == T && !a.head_pos.defined() && a.window < 0 &&
                             (opt.model_window <= 0 || opt.model_window >= T);
-  if (q.is_cuda() && !cache.wants_attention() && plain_causal) {
+  if (q.is_cuda() && !want_probs && plain_causal) {
     impl = "sdpa";
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, opt.scale, /*enable_gqa=*/true)
         .transpose(1, 2)
@@ -72,7 +73,7 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   at::Tensor out;  // [B, Hkv, G*T, D]
 
 #if TORCH_VERSION_MAJOR >= 2
-  if (q.is_cuda() && !cache.wants_attention()) {
+  if (q.is_cuda() && !want_probs) {
     const double def_scale = 1.0 / std::sqrt(double(D));
     at::Tensor qs = std::abs(opt.scale - def_scale) > 1e-12 ? qg * (opt.scale / def_scale) : qg;
     at::Tensor mask = allowed.dim() == 3 ? allowed.unsqueeze(1).expand({Hkv, G, T, N}).reshape({Hkv, G * T, N})
@@ -87,7 +88,7 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   scores.masked_fill_((allowed.dim() == 3 ? allowed.unsqueeze(1) : allowed).logical_not(),
                       -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);
-  if (cache.wants_attention()) cache.observe_attention(layer, probs.detach().view({B, Hq, T, N}), step);  // selection is not trained
+  if (want_probs) observer->observe_attention(layer, probs.detach().view({B, Hq, T, N}), step);  // selection is not trained
   out = at::matmul(probs.view({B, Hkv, G * T, N}).to(q.scalar_type()), v);
   impl = "matmul";
   return out.view({B, Hq, T, D}).transpose(1, 2).reshape({B, T, Hq * D});

@@ -4,7 +4,7 @@
 
 #include "core/common/error.h"
 #include "core/higgs/higgs_quantizer.h"
-#include "core/kernels/higgs_kv.h"
+#include "core/higgs/higgs_kv.h"
 
 namespace kvx::kernels {
 

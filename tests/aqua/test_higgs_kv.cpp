@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/higgs/higgs_quantizer.h"
-#include "core/kernels/higgs_kv.h"
+#include "core/higgs/higgs_kv.h"
 
 namespace kk = kvx::kernels;
 namespace kh = kvx::higgs;

@@ -11,7 +11,7 @@
 #include <cuda_fp16.h>
 
 #include "core/common/error.h"
-#include "core/kernels/higgs_kv.h"
+#include "core/higgs/higgs_kv.h"
 
 namespace kvx::kernels::cuda {
 namespace {

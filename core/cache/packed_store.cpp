@@ -1,0 +1,188 @@
+#include "core/cache/packed_store.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "core/cache/int8_absmax.h"
+#include "core/common/error.h"
+
+namespace kvx {
+namespace {
+
+// Capacity for `need` tokens: doubling, whole multiples of `unit` (16-byte rows of statistics,
+// whole per-channel groups).
+int64_t capacity_for(int64_t need, int64_t have, int64_t unit) {
+  int64_t cap = std::max<int64_t>({64, 2 * have, need});
+  return (cap + unit - 1) / unit * unit;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- FpRows
+void FpRows::reserve(int64_t tokens, const at::Tensor& like) {
+  if (buf_.defined() && buf_.size(2) >= tokens) return;
+  auto grown = at::empty({like.size(0), like.size(1), capacity_for(tokens, buf_.defined() ? buf_.size(2) : 0, 64), like.size(3)},
+                         like.options());
+  if (n_ > 0) grown.narrow(2, 0, n_).copy_(buf_.narrow(2, 0, n_));
+  buf_ = grown;
+}
+
+void FpRows::append(const at::Tensor& x) {
+  const int64_t n = x.size(2);
+  if (n == 0) return;
+  if (at::GradMode::is_enabled() && x.requires_grad()) autograd_ = true;
+  if (autograd_) {  // out of place: the rows stay in the graph of the chunks they came from
+    buf_ = n_ > 0 ? at::cat({view(), x}, 2) : x;
+    n_ += n;
+    return;
+  }
+  reserve(n_ + n, x);
+  buf_.narrow(2, n_, n).copy_(x);
+  n_ += n;
+}
+
+void FpRows::erase(int64_t t0, int64_t n) {
+  if (t0 < 0 || n < 0 || t0 + n > n_) throw error("FpRows::erase: [{}, {}) outside {} tokens", t0, t0 + n, n_);
+  const int64_t after = n_ - t0 - n;
+  if (autograd_) {
+    buf_ = n_ - n > 0 ? at::cat({view(0, t0), view(t0 + n, n_)}, 2) : at::Tensor();
+  } else if (n > 0 && after > 0) {
+    buf_.narrow(2, t0, after).copy_(buf_.narrow(2, t0 + n, after).clone());  // overlapping
+  }
+  n_ -= n;
+}
+
+void FpRows::replace_front(int64_t old, const at::Tensor& x) {
+  const int64_t m = x.size(2), after = n_ - old;
+  if (old < 0 || after < 0) throw error("FpRows::replace_front: {} of {} tokens", old, n_);
+  if (autograd_) {
+    buf_ = m + after > 0 ? at::cat({x, view(old, n_)}, 2) : at::Tensor();
+    n_ = m + after;
+    return;
+  }
+  reserve(m + after, x);
+  if (m != old && after > 0) buf_.narrow(2, m, after).copy_(buf_.narrow(2, old, after).clone());
+  if (m > 0) buf_.narrow(2, 0, m).copy_(x);
+  n_ = m + after;
+}
+
+at::Tensor FpRows::view(int64_t t0, int64_t t1) const {
+  if (!buf_.defined()) return at::Tensor();
+  return buf_.narrow(2, t0, t1 - t0);
+}
+
+// ---------------------------------------------------------------- PackedStore
+void PackedStore::reserve(int64_t tokens, const at::Tensor& like) {
+  if (buf_.codes.defined() && buf_.codes.size(2) >= tokens) return;
+  const int64_t B = like.size(0), H = like.size(1), D = like.size(3);
+  const int64_t G = per_channel_ ? group_ : std::min<int64_t>(group_, D);
+  const int64_t cap = capacity_for(tokens, buf_.codes.defined() ? buf_.codes.size(2) : 0, std::max<int64_t>(64, G));
+  kernels::PackedBlock b;
+  b.bits = bits_;
+  b.group = int(G);
+  b.per_channel = per_channel_;
+  b.key_layout = key_layout_;
+  auto opt = like.options();
+  b.codes = at::zeros({B, H, cap, D * bits_ / 32}, opt.dtype(at::kInt));
+  b.scale = per_channel_ ? at::zeros({B, H, cap / G, D}, opt.dtype(at::kHalf)) : at::zeros({B, H, D / G, cap}, opt.dtype(at::kHalf));
+  b.minv = at::zeros_like(b.scale);
+  if (n_ > 0) {
+    const kernels::PackedBlock old = view();
+    b.codes.narrow(2, 0, n_).copy_(old.codes);
+    const int stat_dim = per_channel_ ? 2 : 3;
+    b.scale.narrow(stat_dim, 0, old.scale.size(stat_dim)).copy_(old.scale);
+    b.minv.narrow(stat_dim, 0, old.minv.size(stat_dim)).copy_(old.minv);
+  }
+  buf_ = b;
+}
+
+void PackedStore::append(const at::Tensor& x) {
+  const int64_t n = x.size(2);
+  if (n == 0) return;
+  if (per_channel_ && n_ % group_ != 0)
+    throw error("packed store: per-channel groups of {} cannot start at token {}", group_, n_);
+  reserve(n_ + n, x);
+  kernels::pack_into(x, buf_, n_);
+  n_ += n;
+}
+
+void PackedStore::truncate(int64_t n) {
+  if (n < 0 || n > n_ || (per_channel_ && n % group_ != 0 && n != n_))
+    throw error("packed store: cannot keep {} of {} tokens (groups of {})", n, n_, group_);
+  if (!key_layout_ && n % 2 == 1 && n < n_) {
+    // the new last token leaves its pair: its high half-words return from the next row (the
+    // reverse of pack_into's pairing move)
+    auto c16 = buf_.codes.view(at::kShort);
+    const int64_t w2 = c16.size(3);
+    c16.select(2, n - 1).slice(2, 1, w2, 2).copy_(c16.select(2, n).slice(2, 0, w2, 2));
+  }
+  n_ = n;
+}
+
+kernels::PackedBlock PackedStore::view(int64_t n) const {
+  kernels::PackedBlock b = buf_;
+  if (!buf_.codes.defined()) return b;
+  b.codes = buf_.codes.narrow(2, 0, n);
+  if (per_channel_) {
+    b.scale = buf_.scale.narrow(2, 0, (n + group_ - 1) / group_);
+    b.minv = buf_.minv.narrow(2, 0, (n + group_ - 1) / group_);
+  } else {
+    b.scale = buf_.scale.narrow(3, 0, n);
+    b.minv = buf_.minv.narrow(3, 0, n);
+  }
+  return b;
+}
+
+at::Tensor PackedStore::decode(at::ScalarType dtype, int64_t t0, int64_t t1) const {
+  if (t1 <= t0) return at::Tensor();
+  return kernels::dequantize(view(), dtype, t0, t1);
+}
+
+void PackedStore::account(const std::string& prefix, SegmentTally& t) const {
+  const kernels::PackedBlock b = view();
+  if (!b.codes.defined() || n_ == 0) return;
+  const int64_t values = b.codes.size(0) * b.codes.size(1) * n_ * b.codes.size(3) * (32 / bits_);
+  t.add(prefix + ".codes", values, values * bits_);
+  t.add(prefix + ".scales", b.scale.numel(), b.scale.numel() * 16);
+  t.add(prefix + ".shifts", b.minv.numel(), b.minv.numel() * 16);
+}
+
+// ---------------------------------------------------------------- Int8Store
+void Int8Store::append(const at::Tensor& x) {
+  const int64_t n = x.size(2);
+  if (n == 0) return;
+  const Int8Block q = int8_quantize(x);
+  if (!codes_.defined() || codes_.size(2) < n_ + n) {
+    const int64_t cap = capacity_for(n_ + n, codes_.defined() ? codes_.size(2) : 0, 64);
+    auto c = at::empty({x.size(0), x.size(1), cap, x.size(3)}, q.codes.options());
+    auto s = at::empty({x.size(0), x.size(1), cap}, q.scale.options());
+    if (n_ > 0) {
+      c.narrow(2, 0, n_).copy_(codes_.narrow(2, 0, n_));
+      s.narrow(2, 0, n_).copy_(scale_.narrow(2, 0, n_));
+    }
+    codes_ = c;
+    scale_ = s;
+  }
+  codes_.narrow(2, n_, n).copy_(q.codes);
+  scale_.narrow(2, n_, n).copy_(q.scale);
+  n_ += n;
+}
+
+kernels::Int8Rows Int8Store::view() const {
+  if (!codes_.defined()) return {};
+  return {codes_.narrow(2, 0, n_), scale_.narrow(2, 0, n_)};
+}
+
+at::Tensor Int8Store::decode(at::ScalarType dtype, int64_t t0, int64_t t1) const {
+  if (t1 <= t0) return at::Tensor();
+  return int8_dequantize(Int8Block{codes_.narrow(2, t0, t1 - t0), scale_.narrow(2, t0, t1 - t0)}, dtype);
+}
+
+void Int8Store::account(const std::string& prefix, SegmentTally& t) const {
+  if (n_ == 0) return;
+  const int64_t rows = codes_.size(0) * codes_.size(1) * n_;
+  t.add(prefix + ".codes", rows * codes_.size(3), rows * codes_.size(3) * 8);
+  t.add(prefix + ".scales", rows, rows * 32);
+}
+
+}  // namespace kvx
