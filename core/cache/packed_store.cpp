@@ -28,8 +28,8 @@ void FpRows::reserve(int64_t tokens, const at::Tensor& like) {
 }
 
 void FpRows::append(const at::Tensor& x) {
+  if (!x.defined() || x.size(2) == 0) return;
   const int64_t n = x.size(2);
-  if (n == 0) return;
   if (at::GradMode::is_enabled() && x.requires_grad()) autograd_ = true;
   if (autograd_) {  // out of place: the rows stay in the graph of the chunks they came from
     buf_ = n_ > 0 ? at::cat({view(), x}, 2) : x;
@@ -53,14 +53,15 @@ void FpRows::erase(int64_t t0, int64_t n) {
 }
 
 void FpRows::replace_front(int64_t old, const at::Tensor& x) {
-  const int64_t m = x.size(2), after = n_ - old;
+  const int64_t m = x.defined() ? x.size(2) : 0, after = n_ - old;
   if (old < 0 || after < 0) throw error("FpRows::replace_front: {} of {} tokens", old, n_);
   if (autograd_) {
-    buf_ = m + after > 0 ? at::cat({x, view(old, n_)}, 2) : at::Tensor();
+    buf_ = m == 0 ? (after > 0 ? view(old, n_) : at::Tensor()) : after > 0 ? at::cat({x, view(old, n_)}, 2) : x;
     n_ = m + after;
     return;
   }
-  reserve(m + after, x);
+  if (m == 0 && old == 0) return;
+  if (m > 0) reserve(m + after, x);
   if (m != old && after > 0) buf_.narrow(2, m, after).copy_(buf_.narrow(2, old, after).clone());
   if (m > 0) buf_.narrow(2, 0, m).copy_(x);
   n_ = m + after;

@@ -207,21 +207,30 @@ __device__ __forceinline__ void column_tokens(const BlockRows& br, int nh, int c
 struct UnitPairScale {
   __device__ float operator()(int) const { return 1.f; }
 };
+// scaled_permuted: the scaled fragments take the channels of permuted per-token keys (packed_layout.h:
+// position quad·4 + j holds channel 16·(quad % 8) + 4·(quad / 8) + j).
 template <class KP, class PairScale = UnitPairScale>
 __device__ __forceinline__ void stage_query(QueryFragments& qf_s, const void* q, int q_type, int64_t row0, int nvalid,
-                                            int nh, QueryFragments* scaled = nullptr, PairScale pair_scale = {}) {
+                                            int nh, QueryFragments* scaled = nullptr, PairScale pair_scale = {},
+                                            bool scaled_permuted = false) {
   static_assert(pairs_repeat_per_quad<KP>(), "stage_query reads the query a channel quad at a time");
   for (int i = threadIdx.x; i < 8 * kD / 4; i += blockDim.x) {
     const int g = i / (kD / 4), quad = i % (kD / 4), hh = g % nh, ln = 4 * g + quad / 8, w = quad % 8;
-    float x[4] = {0.f, 0.f, 0.f, 0.f};
-    if (hh < nvalid) load_q_run(q, q_type, (row0 + hh) * kD + 4 * quad, x);
+    float x[4] = {0.f, 0.f, 0.f, 0.f}, xs[4] = {0.f, 0.f, 0.f, 0.f};
+    if (hh < nvalid) {
+      load_q_run(q, q_type, (row0 + hh) * kD + 4 * quad, x);
+      if (scaled && scaled_permuted) load_q_run(q, q_type, (row0 + hh) * kD + 16 * (quad % 8) + 4 * (quad / 8), xs);
+    }
+    if (!scaled_permuted)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) xs[j] = x[j];
 #pragma unroll
     for (int pl = 0; pl < 2; ++pl) {
       const int pp = 2 * w + pl;
       qf_s[ln][quad_order(pp)] = h2u(__floats2half2_rn(x[KP::lo(pl)], x[KP::hi(pl)]));
       if (scaled) {
         const float f = pair_scale(pp);
-        (*scaled)[ln][quad_order(pp)] = h2u(__floats2half2_rn(x[KP::lo(pl)] * f, x[KP::hi(pl)] * f));
+        (*scaled)[ln][quad_order(pp)] = h2u(__floats2half2_rn(xs[KP::lo(pl)] * f, xs[KP::hi(pl)] * f));
       }
     }
   }

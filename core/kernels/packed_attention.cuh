@@ -10,7 +10,8 @@
 //           staged scaled); the scores come out times 2^-24, which the softmax's scale takes back.
 //           Per-channel groups: the query side carries the per-channel scale too (q·2^-n·s), and the
 //           per-group constant Σ_c q_c·min_c comes from 4 mma when a key group starts. Per-token
-//           groups (NGK per token): one accumulator per group, scaled per token after the mma,
+//           groups (NGK per token; channels permuted so that a k-step lies in one group,
+//           packed_layout.h): one accumulator per group, scaled per token after the mma,
 //           score = Σ_g s_tg·(q·code)_g + min_tg·Σ_(c in g) q_c.
 //   values  the token's scale multiplies the probabilities instead (B = P·s) when the mma's 8
 //           columns can hold every value group of a token (NG groups: gv = 128, or gv = 64 with
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
   {
     const BlockRows br = block_rows(p.Hkv, p.rows, p.qgroups, nh);
     stage_query<NaturalPair>(qf_s, p.q, p.q_type, br.row0, br.nvalid, nh, &qh_s,
-                             [](int pp) { return 1.f / float(1 << (BK * key_code<BK>(pp))); });
+                             [](int pp) { return 1.f / float(1 << (BK * key_code<BK>(pp))); }, KPT);
     if constexpr (KPT) {
       for (int i = threadIdx.x; i < 8 * NGK; i += blockDim.x) {
         const int col = i / NGK, gi = i % NGK, hh = col % nh, cpg = kD / NGK;

@@ -103,7 +103,14 @@ __global__ void pack_per_token_kernel(const T* __restrict__ x, int64_t n, int D,
   const int cpw = 32 / bits;
   uint32_t* base = dst.codes + b * dst.c_b + h * dst.c_h;
   if constexpr (KEY) {
-    const uint32_t w = word_or(code_of(v, lo, s, bits) << layout::key_bit(d, bits), cpw);
+    uint32_t q = code_of(v, lo, s, bits);
+    if (layout::channels_permuted(true, false, D)) {  // thread d writes position d: the code of its channel
+      __syncthreads();  // every thread has read the values
+      sh[d] = float(q);
+      __syncthreads();
+      q = uint32_t(sh[layout::permuted_channel(d)]);
+    }
+    const uint32_t w = word_or(q << layout::key_bit(d, bits), cpw);
     if (d % cpw == 0) base[t * dst.W + d / cpw] = w;
   } else {
     const uint32_t w = word_or(code_of(v, lo, s, bits) << layout::plain_bit(d, bits), cpw);
@@ -121,8 +128,9 @@ __global__ void dequantize_kernel(BlockRef src, int64_t T, int64_t t0, int64_t n
   const int d = threadIdx.x;
   const int64_t t = t0 + blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H;
   const int cpw = 32 / bits;
-  const auto slot = layout::code_slot(t, T, d, bits, key_layout);
-  const uint32_t q = (src.codes[b * src.c_b + h * src.c_h + slot.row * src.W + d / cpw] >> slot.bit) & ((1u << bits) - 1);
+  const int p = layout::channels_permuted(key_layout, per_channel, D) ? layout::permuted_position(d) : d;
+  const auto slot = layout::code_slot(t, T, p, bits, key_layout);
+  const uint32_t q = (src.codes[b * src.c_b + h * src.c_h + slot.row * src.W + p / cpw] >> slot.bit) & ((1u << bits) - 1);
   const int64_t mi = b * src.s_b + h * src.s_h + (per_channel ? (t / G) * src.s_i + d : (d / G) * src.s_i + t);
   out[(int64_t(blockIdx.y) * nt + blockIdx.x) * D + d] = float(q) * __half2float(src.sc[mi]) + __half2float(src.mn[mi]);
 }

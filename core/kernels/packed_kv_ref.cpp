@@ -109,12 +109,13 @@ void pack_into(const at::Tensor& x_in, const PackedBlock& dst, int64_t t0) {
             mn[mi] = at::Half(m[size_t(t * (D / G) + g)]);
           }
       }
+      const bool perm = layout::channels_permuted(dst.key_layout, dst.per_channel, D);
       for (int64_t t = 0; t < n; ++t)
         for (int w = 0; w < W; ++w) {
           uint32_t word = 0;  // the token's word in the layout's bit order, or plain (values)
           for (int i = 0; i < cpw; ++i) {
-            const int c = w * cpw + i;
-            word |= uint32_t(q[size_t(t * D + c)]) << (dst.key_layout ? layout::key_bit(c, dst.bits) : layout::plain_bit(c, dst.bits));
+            const int p = w * cpw + i, c = perm ? layout::permuted_channel(p) : p;
+            word |= uint32_t(q[size_t(t * D + c)]) << (dst.key_layout ? layout::key_bit(p, dst.bits) : layout::plain_bit(p, dst.bits));
           }
           if (dst.key_layout) {
             codes[at4(dst.codes, b, h, t0 + t, w)] = word;
@@ -158,12 +159,14 @@ at::Tensor dequantize(const PackedBlock& b_in, at::ScalarType dtype, int64_t t0,
   const at::Half* ps = b.scale.data_ptr<at::Half>();
   const at::Half* pm = b.minv.data_ptr<at::Half>();
   const uint32_t mask = (1u << b.bits) - 1;
+  const bool perm = layout::channels_permuted(b.key_layout, b.per_channel, D);
   for (int64_t bb = 0; bb < B; ++bb)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t t = t0; t < t1; ++t)
         for (int64_t d = 0; d < D; ++d) {
-          const auto slot = layout::code_slot(t, T, int(d), b.bits, b.key_layout);
-          const uint32_t q = (pc[at4(b.codes, bb, h, slot.row, d / cpw)] >> slot.bit) & mask;
+          const int p = perm ? layout::permuted_position(int(d)) : int(d);
+          const auto slot = layout::code_slot(t, T, p, b.bits, b.key_layout);
+          const uint32_t q = (pc[at4(b.codes, bb, h, slot.row, p / cpw)] >> slot.bit) & mask;
           const int64_t i = b.per_channel ? t / G : d / G, j = b.per_channel ? d : t;
           const float s = float(ps[at4(b.scale, bb, h, i, j)]), m = float(pm[at4(b.minv, bb, h, i, j)]);
           po[((bb * H + h) * (t1 - t0) + t - t0) * D + d] = float(q) * s + m;

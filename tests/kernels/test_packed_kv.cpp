@@ -16,7 +16,7 @@ namespace {
 // Codes of a block in [token][channel] order, read as packed_kv.h documents the words (restated
 // here, not taken from packed_layout.h): the key layout pairs channels 2j, 2j + 1 at one bit of
 // the two half-words; the value layout swaps half-words between tokens 2u and 2u + 1 (an odd last
-// token plain).
+// token plain); per-token keys of 128 channels put channel 16S + 4t + j at position 32t + 4S + j.
 std::vector<int> unpack_codes(const kk::PackedBlock& b) {
   auto c = b.codes.to(at::kCPU).contiguous();
   const int cpw = 32 / b.bits;
@@ -25,7 +25,9 @@ std::vector<int> unpack_codes(const kk::PackedBlock& b) {
   std::vector<int> out;
   for (int64_t bh = 0; bh < c.size(0) * c.size(1); ++bh)
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t ch = 0; ch < D; ++ch) {
+        const bool permuted = b.key_layout && !b.per_channel && D == 128;
+        const int64_t d = permuted ? 32 * ((ch % 16) / 4) + 4 * (ch / 16) + ch % 4 : ch;  // its position
         const int i = int(d % cpw);
         int64_t row = t;
         int bit = i * b.bits;
@@ -167,6 +169,27 @@ TEST(PackedKVRef, ValueTokenPairsAndGroupMajorStats) {
   EXPECT_EQ(b.minv[0][0][1][1].item<float>(), 10.f);
   EXPECT_EQ(b.minv[0][0][0][2].item<float>(), 0.f);
   EXPECT_TRUE(at::allclose(kk::ref::dequantize(b, at::kFloat), x));
+}
+
+// Per-token keys of 128 channels: the codes a direct per-token quantization gives, each channel at
+// its permuted position, and decoding returns every channel where it was.
+TEST(PackedKVRef, PerTokenKeysPermuteChannels) {
+  at::manual_seed(8);
+  auto x = at::randn({1, 2, 3, 128});
+  for (int bits : {2, 4, 8})
+    for (int G : {32, 64, 128}) {
+      auto b = kk::ref::quantize_pack(x, bits, G, false, true);
+      auto codes = unpack_codes(b);
+      auto xv = x.view({6, 128 / G, G});
+      auto lo = std::get<0>(xv.min(-1, true)), hi = std::get<0>(xv.max(-1, true));
+      auto want = ((xv - lo) / ((hi - lo) / float((1 << bits) - 1))).round().clamp(0, (1 << bits) - 1).flatten();
+      int wrong = 0;
+      for (int i = 0; i < int(codes.size()); ++i) wrong += codes[i] != int(want[i].item<float>());
+      EXPECT_LE(wrong, 2) << bits << " bits, groups of " << G;  // rounding ties of the fp32 division
+      auto y = kk::ref::dequantize(b, at::kFloat);
+      auto s = ((hi - lo) / float((1 << bits) - 1)).expand_as(xv).reshape_as(x);
+      EXPECT_LT(((y - x).abs() - s / 2).max().item<float>(), 1e-3) << bits << " " << G;
+    }
 }
 
 // Appending into capacity buffers piece by piece gives the block quantize_pack makes of the whole:
@@ -328,16 +351,15 @@ TEST(PackedKVCuda, FusedAttentionMatchesReference) {
   for (auto [bk, bv] : std::vector<std::pair<int, int>>{{2, 2}, {4, 4}, {8, 8}, {4, 2}, {2, 8}})
     for (auto [gk, key_pc, gv] : std::vector<std::tuple<int, bool, int>>{
              {32, true, 32}, {64, true, 64}, {128, true, 128}, {64, true, 16}, {32, false, 32}, {64, false, 64}, {128, false, 128}})
-      for (int rep : {1, 4, 16})
-        for (int n : {1, 32})
-          for (auto [T, S, R] : std::vector<std::tuple<int, int, int>>{{0, 0, 40}, {128, 0, 0}, {384, 4, 33}, {128 * 19, 0, 77}}) {
-            const int Rn = std::max(R, n);  // the tail holds the queries' own tokens
-            const float err = fused_vs_ref(2, 2, rep, n, T, S, Rn, bk, bv, gk, key_pc, gv);
-            EXPECT_LT(err, 2e-3) << "bits " << bk << "/" << bv << " key groups " << gk << (key_pc ? " per channel" : " per token")
-                                 << " value groups " << gv << " rep " << rep << " n " << n << " T " << T << " S " << S
-                                 << " R " << Rn;
-            ++cases;
-          }
+      // (GQA ratio, chunk, packed tokens, sinks, tail): decode steps and chunks, no body to a long one
+      for (auto [rep, n, T, S, R] : std::vector<std::tuple<int, int, int, int, int>>{
+               {1, 1, 128, 0, 1}, {4, 1, 384, 4, 33}, {8, 1, 128 * 19, 0, 77}, {4, 5, 0, 0, 40}, {4, 32, 128 * 19, 0, 77},
+               {16, 32, 384, 4, 33}, {3, 17, 128, 2, 17}}) {
+        const float err = fused_vs_ref(2, 2, rep, n, T, S, R, bk, bv, gk, key_pc, gv);
+        EXPECT_LT(err, 2e-3) << "bits " << bk << "/" << bv << " key groups " << gk << (key_pc ? " per channel" : " per token")
+                             << " value groups " << gv << " rep " << rep << " n " << n << " T " << T << " S " << S << " R " << R;
+        ++cases;
+      }
   std::printf("fused attention cases checked: %d\n", cases);
 }
 
