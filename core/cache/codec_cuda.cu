@@ -123,11 +123,13 @@ __global__ void affine_dequantize_kernel(const uint8_t* __restrict__ packed, Geo
 
 // One block per token row of D channels (one thread each): absmax by warp shuffles, then a
 // shared-memory pass over the warps' maxima.
+// Row r of x ([B·H·n, D] contiguous) goes to (b·H + h, t) of codes / scale, planes codes_bh / scale_bh apart
+// (a token range of a larger buffer).
 template <typename T>
-__global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int8_t* __restrict__ codes,
-                                     float* __restrict__ scale) {
+__global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int64_t n, int8_t* __restrict__ codes, int64_t codes_bh,
+                                     float* __restrict__ scale, int64_t scale_bh) {
   __shared__ float warp_amax[32];
-  const int64_t row = blockIdx.x;
+  const int64_t row = blockIdx.x, bh = row / n, t = row % n;
   const int d = threadIdx.x;
   const float v = to_f(x[row * D + d]);
   float a = warp_max(fabsf(v));
@@ -137,8 +139,8 @@ __global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int8_t* __r
   for (int w = 0; w < (D + 31) / 32; ++w) a = fmaxf(a, warp_amax[w]);
   const float s = fmaxf(a, 1e-8f) / 127.f;
   // rintf: round half to even, as the reference's nearbyint; x/s in fp32 as the reference
-  codes[row * D + d] = int8_t(fminf(fmaxf(rintf(v / s), -127.f), 127.f));
-  if (d == 0) scale[row] = s;
+  codes[bh * codes_bh + t * D + d] = int8_t(fminf(fmaxf(rintf(v / s), -127.f), 127.f));
+  if (d == 0) scale[bh * scale_bh + t] = s;
 }
 
 // x as the kernels read it: contiguous, in float / half / bfloat16 (other dtypes become float).
@@ -211,22 +213,26 @@ bool int8_supported(const at::Tensor& x) {
   return D >= 32 && D <= 1024 && D % 32 == 0;
 }
 
-Int8Block int8_quantize(const at::Tensor& x_in) {
+void int8_quantize_into(const at::Tensor& x_in, Int8Block& dst) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = kernel_input(x_in);
-  const int64_t D = x.size(3);
-  Int8Block r;
-  r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
-  const int64_t rows = r.scale.numel();
-  if (rows == 0) return r;
+  const int64_t D = x.size(3), n = x.size(2), rows = x.size(0) * x.size(1) * n;
+  if (rows == 0) return;
   auto st = at::cuda::getCurrentCUDAStream();
   with_float_type(x.scalar_type(), "int8_quantize", [&](auto xt) {
     using T = decltype(xt);
-    int8_quantize_kernel<T><<<unsigned(rows), unsigned(D), 0, st>>>(ptr<const T>(x), int(D), r.codes.data_ptr<int8_t>(),
-                                                                     r.scale.data_ptr<float>());
+    int8_quantize_kernel<T><<<unsigned(rows), unsigned(D), 0, st>>>(ptr<const T>(x), int(D), n, dst.codes.data_ptr<int8_t>(),
+                                                                     dst.codes.stride(1), dst.scale.data_ptr<float>(),
+                                                                     dst.scale.stride(1));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+Int8Block int8_quantize(const at::Tensor& x) {
+  Int8Block r;
+  r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
+  int8_quantize_into(x, r);
   return r;
 }
 

@@ -17,6 +17,8 @@ at::Tensor affine_dequantize(const AffineBlock& blk, at::ScalarType dtype);
 // the CPU code otherwise.
 bool int8_supported(const at::Tensor& x);
 Int8Block int8_quantize(const at::Tensor& x);
+// Into dst's tensors ([B, H, n, D] / [B, H, n]: rows contiguous, (b, h) planes at one stride).
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst);
 
 }  // namespace kvx::cuda_codec
 #endif

@@ -42,6 +42,15 @@ Int8Block int8_quantize(const at::Tensor& x) {
   return blk;
 }
 
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst) {
+#ifdef KVX_WITH_CUDA
+  if (x.is_cuda() && dst.codes.is_cuda() && cuda_codec::int8_supported(x)) return cuda_codec::int8_quantize_into(x, dst);
+#endif
+  const Int8Block q = int8_quantize(x);
+  dst.codes.copy_(q.codes);
+  dst.scale.copy_(q.scale);
+}
+
 at::Tensor int8_dequantize(const Int8Block& blk, at::ScalarType dtype) {
   return (blk.codes.to(at::kFloat) * blk.scale.unsqueeze(-1)).to(dtype);
 }

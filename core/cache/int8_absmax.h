@@ -15,6 +15,8 @@ struct Int8Block {
 };
 
 Int8Block int8_quantize(const at::Tensor& x);                        // x: [B, H, N, D]
+// The same into dst's tensors (views, e.g. a token range of a store's buffers).
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst);
 at::Tensor int8_dequantize(const Int8Block& blk, at::ScalarType dtype);  // [B, H, N, D]
 
 }  // namespace kvx

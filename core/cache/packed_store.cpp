@@ -19,12 +19,21 @@ int64_t capacity_for(int64_t need, int64_t have, int64_t unit) {
 }  // namespace
 
 // ---------------------------------------------------------------- FpRows
+// The rows are buf_ tokens [start_, start_ + n_): dropping tokens at the front (a sliding window,
+// the residual's flush) moves start_ instead of the rows; the rows move down only when the buffer's
+// end is reached.
 void FpRows::reserve(int64_t tokens, const at::Tensor& like) {
-  if (buf_.defined() && buf_.size(2) >= tokens) return;
-  auto grown = at::empty({like.size(0), like.size(1), capacity_for(tokens, buf_.defined() ? buf_.size(2) : 0, 64), like.size(3)},
-                         like.options());
-  if (n_ > 0) grown.narrow(2, 0, n_).copy_(buf_.narrow(2, 0, n_));
+  const int64_t cap = buf_.defined() ? buf_.size(2) : 0;
+  if (start_ + tokens <= cap) return;
+  if (tokens <= cap && 2 * tokens <= cap) {  // room enough once the rows move to the front
+    if (n_ > 0) buf_.narrow(2, 0, n_).copy_(buf_.narrow(2, start_, n_).clone());
+    start_ = 0;
+    return;
+  }
+  auto grown = at::empty({like.size(0), like.size(1), capacity_for(tokens, cap, 64), like.size(3)}, like.options());
+  if (n_ > 0) grown.narrow(2, 0, n_).copy_(buf_.narrow(2, start_, n_));
   buf_ = grown;
+  start_ = 0;
 }
 
 void FpRows::append(const at::Tensor& x) {
@@ -37,7 +46,7 @@ void FpRows::append(const at::Tensor& x) {
     return;
   }
   reserve(n_ + n, x);
-  buf_.narrow(2, n_, n).copy_(x);
+  buf_.narrow(2, start_ + n_, n).copy_(x);
   n_ += n;
 }
 
@@ -46,8 +55,11 @@ void FpRows::erase(int64_t t0, int64_t n) {
   const int64_t after = n_ - t0 - n;
   if (autograd_) {
     buf_ = n_ - n > 0 ? at::cat({view(0, t0), view(t0 + n, n_)}, 2) : at::Tensor();
-  } else if (n > 0 && after > 0) {
-    buf_.narrow(2, t0, after).copy_(buf_.narrow(2, t0 + n, after).clone());  // overlapping
+  } else if (n > 0 && t0 <= after) {  // the rows before the gap move up (overlapping: through a copy)
+    if (t0 > 0) buf_.narrow(2, start_ + n, t0).copy_(buf_.narrow(2, start_, t0).clone());
+    start_ += n;
+  } else if (n > 0) {  // the rows after it move down
+    buf_.narrow(2, start_ + t0, after).copy_(buf_.narrow(2, start_ + t0 + n, after).clone());
   }
   n_ -= n;
 }
@@ -61,15 +73,20 @@ void FpRows::replace_front(int64_t old, const at::Tensor& x) {
     return;
   }
   if (m == 0 && old == 0) return;
-  if (m > 0) reserve(m + after, x);
-  if (m != old && after > 0) buf_.narrow(2, m, after).copy_(buf_.narrow(2, old, after).clone());
-  if (m > 0) buf_.narrow(2, 0, m).copy_(x);
+  if (m <= old + start_) {  // the new front fits before the kept rows: nothing else moves
+    start_ += old - m;
+  } else {
+    reserve(m + after, x);
+    buf_.narrow(2, m, after).copy_(buf_.narrow(2, start_ + old, after).clone());
+    start_ = 0;
+  }
+  if (m > 0) buf_.narrow(2, start_, m).copy_(x);
   n_ = m + after;
 }
 
 at::Tensor FpRows::view(int64_t t0, int64_t t1) const {
   if (!buf_.defined()) return at::Tensor();
-  return buf_.narrow(2, t0, t1 - t0);
+  return buf_.narrow(2, start_ + t0, t1 - t0);
 }
 
 // ---------------------------------------------------------------- PackedStore
@@ -152,11 +169,11 @@ void PackedStore::account(const std::string& prefix, SegmentTally& t) const {
 void Int8Store::append(const at::Tensor& x) {
   const int64_t n = x.size(2);
   if (n == 0) return;
-  const Int8Block q = int8_quantize(x);
   if (!codes_.defined() || codes_.size(2) < n_ + n) {
     const int64_t cap = capacity_for(n_ + n, codes_.defined() ? codes_.size(2) : 0, 64);
-    auto c = at::empty({x.size(0), x.size(1), cap, x.size(3)}, q.codes.options());
-    auto s = at::empty({x.size(0), x.size(1), cap}, q.scale.options());
+    const auto opt = at::TensorOptions().device(x.device());
+    auto c = at::empty({x.size(0), x.size(1), cap, x.size(3)}, opt.dtype(at::kChar));
+    auto s = at::empty({x.size(0), x.size(1), cap}, opt.dtype(at::kFloat));
     if (n_ > 0) {
       c.narrow(2, 0, n_).copy_(codes_.narrow(2, 0, n_));
       s.narrow(2, 0, n_).copy_(scale_.narrow(2, 0, n_));
@@ -164,8 +181,8 @@ void Int8Store::append(const at::Tensor& x) {
     codes_ = c;
     scale_ = s;
   }
-  codes_.narrow(2, n_, n).copy_(q.codes);
-  scale_.narrow(2, n_, n).copy_(q.scale);
+  Int8Block into{codes_.narrow(2, n_, n), scale_.narrow(2, n_, n)};
+  int8_quantize_into(x, into);  // in place: no copy of the new rows
   n_ += n;
 }
 

@@ -26,7 +26,7 @@ class FpRows {
   // Replaces the first `old` tokens by x ([B, H, m, D], m may differ); later tokens move.
   void replace_front(int64_t old, const at::Tensor& x);
   void clear() {
-    n_ = 0;
+    n_ = start_ = 0;
     autograd_ = false;
   }
   at::Tensor view() const { return view(0, n_); }
@@ -35,8 +35,8 @@ class FpRows {
 
  private:
   void reserve(int64_t tokens, const at::Tensor& like);
-  at::Tensor buf_;  // [B, H, capacity, D]
-  int64_t n_ = 0;
+  at::Tensor buf_;  // [B, H, capacity, D]: the rows are tokens [start_, start_ + n_)
+  int64_t start_ = 0, n_ = 0;
   // Rows that require grad (training) are kept out of place, exactly n_ tokens: writing into a
   // buffer would modify tensors saved for backward.
   bool autograd_ = false;

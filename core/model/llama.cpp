@@ -6,6 +6,7 @@
 
 #include "core/common/error.h"
 #include "core/model/model_impl.h"
+#include "core/kernels/model_ops.h"
 #include "core/model/rope.h"
 
 namespace kvx::detail {
@@ -74,12 +75,12 @@ class LlamaModel final : public CausalLM {
       at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
       at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
-      q = step.rope->apply_range(q, pos0);
-      k = step.rope->apply_range(k, pos0).contiguous();
+      q = rope(*step.rope, q, pos0);
+      k = rope(*step.rope, k, pos0).contiguous();
       at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt_);
-      x = x + at::linear(a, L.wo, L.bo);
+      x = residual_linear(x, a, L.wo, L.bo);
       at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
-      x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.wd, L.bd);
+      x = residual_linear(x, silu_mul(gu, I), L.wd, L.bd);
     }
     cache.end_step(step);
     if (split()) x = x.to(head_device());
@@ -145,11 +146,38 @@ class LlamaModel final : public CausalLM {
     return w;
   }
 
-  // transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale.
+  // transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale. The elementwise steps on
+  // CUDA (inference) are fused kernels computing the same (core/kernels/model_ops.h): a decode step
+  // is otherwise bound by its ~40 launches per layer.
+  bool fused(const at::Tensor& x) const { return !training_ && kernels::fused_model_ops(x); }
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+#ifdef KVX_WITH_CUDA
+    if (fused(x)) return kernels::cuda::rms_norm(x, w, cfg_.norm_eps);
+#endif
     at::Tensor xf = x.to(at::kFloat);
     xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + cfg_.norm_eps);
     return w * xf.to(x.scalar_type());
+  }
+  at::Tensor rope(const Rope& r, const at::Tensor& x, int64_t pos0) const {
+#ifdef KVX_WITH_CUDA
+    if (fused(x) && pos0 + x.size(2) <= r.table_positions()) return kernels::cuda::rope(x, r.cos_table(), r.sin_table(), pos0);
+#endif
+    return r.apply_range(x, pos0);
+  }
+  at::Tensor silu_mul(const at::Tensor& gu, int64_t I) const {
+#ifdef KVX_WITH_CUDA
+    if (fused(gu)) return kernels::cuda::silu_mul(gu);
+#endif
+    return at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I);
+  }
+  // x + a·Wᵀ (+ b). On CUDA one GEMM adds into x (one rounding of the sum, where the ATen pair
+  // rounds the product first: within the compute dtype's tolerance).
+  at::Tensor residual_linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& w, const at::Tensor& b) const {
+    if (fused(x) && !b.defined()) {
+      const int64_t H = x.size(-1);
+      return at::addmm(x.reshape({-1, H}), a.reshape({-1, a.size(-1)}), w.t()).view(x.sizes());
+    }
+    return x + at::linear(a, w, b);
   }
 
   struct Layer {

@@ -28,6 +28,10 @@ class Rope {
   at::Tensor apply(const at::Tensor& x, const at::Tensor& positions, bool inverse = false) const;
   // Same for a contiguous range [pos0, pos0 + T) known on the host: uses the tables, no sync.
   at::Tensor apply_range(const at::Tensor& x, int64_t pos0, bool inverse = false) const;
+  // The tables: cos and sin [table_positions, D] fp32 on the model device.
+  const at::Tensor& cos_table() const { return cos_; }
+  const at::Tensor& sin_table() const { return sin_; }
+  int64_t table_positions() const { return cos_.size(0); }
 
  private:
   at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool inverse) const;
