@@ -68,7 +68,7 @@ at::Tensor dense_attention(const at::Tensor& q, const AttnInputs& a, int layer, 
   }
   // A decode step over entries at earlier positions (none evicted per head, no window cutting
   // them): every entry is visible, so no mask either.
-  const bool all_visible = T == 1 && !a.head_pos.defined() && a.window < 0 && (opt.model_window <= 0 || N <= opt.model_window);
+  const bool all_visible = T == 1 && !a.head_pos.defined() && a.window < 0 && opt.model_window <= 0;
   if (q.is_cuda() && !want_probs && all_visible) {
     impl = "sdpa";
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/false, opt.scale, /*enable_gqa=*/true)
