@@ -232,7 +232,7 @@ Int8Block int8_quantize(const at::Tensor& x) {
   Int8Block r;
   r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
   r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
-  int8_quantize_into(x, r);
+  cuda_codec::int8_quantize_into(x, r);
   return r;
 }
 
