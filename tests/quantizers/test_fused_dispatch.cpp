@@ -14,6 +14,7 @@
 #include "core/kernels/packed_kv.h"
 #include "core/model/model.h"
 #include "experiments/perplexity.h"
+#include "core/tokenizer/tokenizer.h"
 #include "experiments/text_windows.h"
 #include "quantizers/registry.h"
 #include "tests/model/fixtures.h"
