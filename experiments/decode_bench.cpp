@@ -90,9 +90,7 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
   auto model = random_llama(shape_config(s), o.device == "cpu" ? "cpu" : "cuda", dtype);
   const at::Device dev = model->device();
 
-  std::vector<std::pair<std::string, nlohmann::json>> methods = {
-      {"fp16", bench::bench_method("fp16")},
-      {"fp16-sdpa", resolve_method({{"key", "none"}, {"value", "none"}, {"kernel", "dequant_then_attend"}})}};
+  std::vector<std::pair<std::string, nlohmann::json>> methods = {{"fp16", bench::bench_method("fp16")}};
   for (const auto& m : o.methods) methods.emplace_back(m, bench::bench_method(m));
 
   nlohmann::json out;
@@ -110,7 +108,7 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
   const double bw = out["copy_bandwidth_gbs"].get<double>() * 1e9;
   const double wbytes = weight_bytes(s, dtype == "float32" ? 4 : 2);
   out["weight_bytes"] = wbytes;
-  double base_attn = 0, sdpa_attn = 0, base_tok = 0;
+  double base_attn = 0, base_tok = 0;
   for (const auto& [name, spec] : methods) {
     nlohmann::json row;
     row["method"] = name;
@@ -118,10 +116,8 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
     time_attention(row, spec, *model, o, dev);
     const double us = row["attn_us"].get<double>();
     if (name == "fp16") base_attn = us;
-    if (name == "fp16-sdpa") sdpa_attn = us;
     row["bandwidth_frac_of_copy"] = row["bandwidth_gbs"].get<double>() / out["copy_bandwidth_gbs"].get<double>();
     row["attn_speedup_vs_fp16"] = base_attn / us;
-    if (sdpa_attn > 0) row["attn_speedup_vs_sdpa"] = sdpa_attn / us;
     if (o.end_to_end) {
       time_decode(row, spec, *model, o, dev);
       const double tok = row["decode_tok_s"].get<double>();

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
+#include <torch/version.h>
 
 #include "core/cache/dense_attention.h"
 #include "core/cache/kv_cache_policy.h"
@@ -13,9 +14,9 @@ namespace kvx {
 namespace {
 
 // Keys and values stay in the compute dtype (FpRows: capacity doubles, so token-by-token decoding
-// does not copy the history every step). Attention reads the rows in place: decode steps on CUDA
-// take the fused kernel's full-precision tiles, chunks SDPA; on CPU the plain fp32 attention that
-// is the kernels' reference.
+// does not copy the history every step). Attention reads the rows in place: on CUDA SDPA (or, on a
+// Torch without SDPA's GQA decode, the fused kernel's full-precision tiles for decode steps); on CPU
+// the plain fp32 attention that is the kernels' reference.
 class FullPrecisionPolicy final : public KVCachePolicy {
  public:
   explicit FullPrecisionPolicy(KernelRequest k) : kernel_(k) {}
@@ -44,7 +45,7 @@ class FullPrecisionPolicy final : public KVCachePolicy {
     const int64_t n = k_new.size(2);
     Layer& L = layers_.at(size_t(layer));
     const bool grad = at::GradMode::is_enabled() && (k_new.requires_grad() || v_new.requires_grad());
-    if (fused_decode_ && n == 1 && !grad && (opt.model_window <= 0 || L.k.tokens() < opt.model_window)) {
+    if (kvx_decode() && fused_decode_ && n == 1 && !grad && (opt.model_window <= 0 || L.k.tokens() < opt.model_window)) {
       store(layer, k_new, v_new);
       at::Tensor o = kernels::dense_attention(q, {}, {L.k.view(), L.v.view()}, opt.scale);  // [B, Hq, 1, D]
       note_path(L.k.tokens() > 1, "fused", "kvx_dense");
@@ -91,6 +92,16 @@ class FullPrecisionPolicy final : public KVCachePolicy {
     L.k.append(k_new);
     L.v.append(v_new);
     if (layer == info_.n_layers - 1) seen_ = L.k.tokens();
+  }
+
+  // Decode steps run kvx's full-precision tiles where Torch's SDPA has no GQA decode without a mask
+  // (before 2.5); with it, SDPA over the rows in place is as fast or faster (dense_attention).
+  static constexpr bool kvx_decode() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+    return false;
+#else
+    return true;
+#endif
   }
 
   ModelInfo info_;

@@ -140,8 +140,8 @@ class KVCachePolicy {
 enum class KernelRequest { Auto, Fused, DequantThenAttend };
 KernelRequest parse_kernel_request(const std::string& s);  // "auto" | "fused" | "dequant_then_attend"
 
-// The trivial policy: keeps every key and value in the compute dtype; on CUDA its decode steps run
-// the fused kernel's full-precision tiles (core/kernels/packed_kv.h: dense_attention).
+// The trivial policy: keeps every key and value in the compute dtype, attended in place (SDPA on
+// CUDA).
 std::unique_ptr<KVCachePolicy> make_full_precision_policy(KernelRequest kernel = KernelRequest::Auto);
 
 }  // namespace kvx
