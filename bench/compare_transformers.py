@@ -106,7 +106,7 @@ def main():
 
     def side_by_side(path, key, hf, what, eager_step_key=None):
         """kvx's tok/s against transformers'; with eager_step_key also kvx's eagerly launched step
-        (transformers runs eagerly; kvx's decode_tok_s is a CUDA-graph replay)."""
+        (both launch eagerly)."""
         if not path:
             return
         kvx = json.load(open(path))
