@@ -1,4 +1,4 @@
-// KVQ codec (ALGORITHMS.md section 4, seed 002): affine min-max group quantization of keys or
+// KVQ codec (docs/methods/kvq.md): affine min-max group quantization of keys or
 // values with their own bit width, grouping axis and group size. The codec only says how one
 // of K or V is encoded; the token layout (fp residual of `residual_length` tokens, the flush
 // rule, optional sinks) belongs to the `segments` policy (quantizers/segments.h), which

@@ -8,13 +8,13 @@
 //
 // Parameters:
 //   sink             >= 0, default 0: first positions kept fp forever (0 = KVQ as in the seed)
-//   residual_length  >= 0, default 128: KVQ flush threshold (ALGORITHMS.md 4.4), or the fp window
+//   residual_length  >= 0, default 128: KVQ flush threshold (docs/methods/kvq.md), or the fp window
 //                    size when flush = sliding
 //   flush            requantize_all (default, seed: re-quantize [Deq(Q), R, new] as one block)
 //                    | append (KIVI-style: quantize [R, new] as a new block; same as
 //                      requantize_all for per-token groups)
 //                    | sliding (keep the last residual_length positions fp; older tokens are
-//                      quantized once when they leave, ALGORITHMS.md 6.3)
+//                      quantized once when they leave, docs/methods/selective_int8.md)
 #pragma once
 #include "quantizers/registry.h"
 

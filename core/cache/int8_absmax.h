@@ -1,4 +1,4 @@
-// Symmetric absmax int8 quantization per (batch, head, token) vector (ALGORITHMS.md 1.5.2):
+// Symmetric absmax int8 quantization per (batch, head, token) vector (docs/methods/selective_int8.md):
 //   a = max(max_i |x_i|, 1e-8), s = a/127 (fp32, stored), q = clamp(nearbyint(x/s), -127, 127),
 //   x̂ = q·s computed in fp32 and cast to the compute dtype.
 #pragma once

@@ -1,13 +1,10 @@
-// HIGGS dequantization on the device (ALGORITHMS.md 2.6, the CPU quantizer is core/higgs): grid
-// lookup of bit-packed indices, per-group scale, inverse unnormalized Hadamard H_g(·)/g, cut to C.
-// Attention over HIGGS codes is this dequantize followed by the dense fused attention
-// (packed_kv.h: cuda::decode_attention_dense), the `dequant_then_attend` path. Measured on H100
-// (kernel_bench, llama3-8b B8 32K, d2n256 g128): 3.6 ms per layer for K+V dequantize + attention
-// against 0.47 ms for bf16 SDPA. Not done yet, and the way to a fused kernel: H_g is symmetric and
-// H_g·H_g = g·I, so no per-token transform is needed at all. Per group j, q·k̂_j = s_j/g ·
-// (H_g q_j)·γ_idx, i.e. rotate each query once per step and score against grid points looked up
-// from shared memory; Σ_t p_t·v̂_t = H_g(Σ_t p_t·s_t·γ_t)/g, i.e. accumulate in the rotated
-// domain and transform the output once.
+// HIGGS dequantization on the device (the CPU quantizer is core/higgs): grid lookup of bit-packed
+// indices, per-group scale, inverse unnormalized Hadamard H_g(·)/g, cut to C. Attention over HIGGS
+// codes is this dequantize followed by dense attention, the `dequant_then_attend` path. The way to a
+// fused kernel: H_g is symmetric and H_g·H_g = g·I, so no per-token transform is needed. Per group
+// j, q·k̂_j = s_j/g · (H_g q_j)·γ_idx, i.e. rotate each query once per step and score against grid
+// points looked up from shared memory; Σ_t p_t·v̂_t = H_g(Σ_t p_t·s_t·γ_t)/g, i.e. accumulate in the
+// rotated domain and transform the output once.
 //
 // The view carries core/higgs's HiggsCodes fields with the indices on the device too (HiggsCodes
 // keeps them on the host); the CPU reference is core/higgs's dequantization:
