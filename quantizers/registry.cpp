@@ -26,8 +26,8 @@ MethodTraits none_traits() {
   t.name = "none";
   t.summary = "full precision (compute dtype), no compression";
   t.bits = "16";
-  t.kernels = "cuda: decode steps on the fused kernel's fp16/bf16 tiles, chunks SDPA over the rows in place (head_dim "
-              "128); cpu: reference";
+  t.kernels = "cuda: SDPA over the stored rows in place (decode steps on kvx's full-precision tiles where Torch < 2.5 "
+              "has no GQA decode in SDPA); cpu: reference";
   return t;
 }
 }  // namespace

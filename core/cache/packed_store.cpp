@@ -95,15 +95,7 @@ void PackedStore::reserve(int64_t tokens, const at::Tensor& like) {
   const int64_t B = like.size(0), H = like.size(1), D = like.size(3);
   const int64_t G = per_channel_ ? group_ : std::min<int64_t>(group_, D);
   const int64_t cap = capacity_for(tokens, buf_.codes.defined() ? buf_.codes.size(2) : 0, std::max<int64_t>(64, G));
-  kernels::PackedBlock b;
-  b.bits = bits_;
-  b.group = int(G);
-  b.per_channel = per_channel_;
-  b.key_layout = key_layout_;
-  auto opt = like.options();
-  b.codes = at::zeros({B, H, cap, D * bits_ / 32}, opt.dtype(at::kInt));
-  b.scale = per_channel_ ? at::zeros({B, H, cap / G, D}, opt.dtype(at::kHalf)) : at::zeros({B, H, D / G, cap}, opt.dtype(at::kHalf));
-  b.minv = at::zeros_like(b.scale);
+  kernels::PackedBlock b = kernels::empty_block(B, H, cap, D, bits_, group_, per_channel_, key_layout_, like.device());
   if (n_ > 0) {
     const kernels::PackedBlock old = view();
     b.codes.narrow(2, 0, n_).copy_(old.codes);

@@ -43,8 +43,12 @@ struct PackedBlock {
   int64_t bytes() const;  // codes + scales + mins of the T tokens
 };
 
-// x: [B, H, T, D] float/half/bf16. bits ∈ {2, 4, 8}; D·bits must be a multiple of 32; per-token
-// groups must divide D; values (key_layout false) need per-token groups.
+// Zeroed tensors of a block of T tokens of this configuration on `device` (also capacity buffers
+// for pack_into). bits ∈ {2, 4, 8}; D·bits must be a multiple of 32; per-token groups must divide
+// D; values (key_layout false) need per-token groups.
+PackedBlock empty_block(int64_t B, int64_t H, int64_t T, int64_t D, int bits, int group, bool per_channel, bool key_layout,
+                        at::Device device);
+// x: [B, H, T, D] float/half/bf16, quantized as a block of the configuration above.
 PackedBlock quantize_pack(const at::Tensor& x, int bits, int group, bool per_channel, bool key_layout);
 // Quantizes x ([B, H, n, D]) into tokens [t0, t0 + n) of `dst`, whose tensors are capacity buffers
 // (codes [B, H, cap, W]; statistics for cap tokens) with `dst`'s configuration; the block then holds

@@ -131,18 +131,8 @@ void pack_into(const at::Tensor& x_in, const PackedBlock& dst, int64_t t0) {
 
 PackedBlock quantize_pack(const at::Tensor& x, int bits, int group, bool per_channel, bool key_layout) {
   if (x.dim() != 4) throw error("quantize_pack: expected [B, H, T, D], got {} dims", x.dim());
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  check_config(D, bits, group, per_channel, key_layout, "quantize_pack");
-  PackedBlock out;
-  out.bits = bits;
-  out.group = int(per_channel ? group : std::min<int64_t>(group, D));
-  out.per_channel = per_channel;
-  out.key_layout = key_layout;
-  out.codes = at::zeros({B, H, T, D * bits / 32}, at::kInt);
-  auto hopt = at::TensorOptions().dtype(at::kHalf);
-  out.scale = per_channel ? at::zeros({B, H, (T + group - 1) / group, D}, hopt) : at::zeros({B, H, D / out.group, T}, hopt);
-  out.minv = at::zeros_like(out.scale);
-  if (T > 0) ref::pack_into(x, out, 0);
+  PackedBlock out = empty_block(x.size(0), x.size(1), x.size(2), x.size(3), bits, group, per_channel, key_layout, at::kCPU);
+  if (x.size(2) > 0) ref::pack_into(x, out, 0);
   return out;
 }
 
@@ -231,22 +221,27 @@ void pack_into(const at::Tensor& x, const PackedBlock& dst, int64_t t0) {
   ref::pack_into(x, dst, t0);
 }
 
+PackedBlock empty_block(int64_t B, int64_t H, int64_t T, int64_t D, int bits, int group, bool per_channel, bool key_layout,
+                        at::Device device) {
+  check_config(D, bits, group, per_channel, key_layout, "packed block");
+  PackedBlock b;
+  b.bits = bits;
+  b.group = int(per_channel ? group : std::min<int64_t>(group, D));
+  b.per_channel = per_channel;
+  b.key_layout = key_layout;
+  const auto opt = at::TensorOptions().device(device);
+  b.codes = at::zeros({B, H, T, D * bits / 32}, opt.dtype(at::kInt));
+  b.scale = per_channel ? at::zeros({B, H, (T + group - 1) / group, D}, opt.dtype(at::kHalf))
+                        : at::zeros({B, H, D / b.group, T}, opt.dtype(at::kHalf));
+  b.minv = at::zeros_like(b.scale);
+  return b;
+}
+
 PackedBlock quantize_pack(const at::Tensor& x, int bits, int group, bool per_channel, bool key_layout) {
   if (!x.is_cuda()) return ref::quantize_pack(x, bits, group, per_channel, key_layout);
   if (x.dim() != 4) throw error("quantize_pack: expected [B, H, T, D], got {} dims", x.dim());
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  check_config(D, bits, group, per_channel, key_layout, "quantize_pack");
-  PackedBlock out;
-  out.bits = bits;
-  out.group = int(per_channel ? group : std::min<int64_t>(group, D));
-  out.per_channel = per_channel;
-  out.key_layout = key_layout;
-  auto opt = x.options();
-  out.codes = at::zeros({B, H, T, D * bits / 32}, opt.dtype(at::kInt));
-  out.scale = per_channel ? at::zeros({B, H, (T + group - 1) / group, D}, opt.dtype(at::kHalf))
-                          : at::zeros({B, H, D / out.group, T}, opt.dtype(at::kHalf));
-  out.minv = at::zeros_like(out.scale);
-  if (T > 0) pack_into(x, out, 0);
+  PackedBlock out = empty_block(x.size(0), x.size(1), x.size(2), x.size(3), bits, group, per_channel, key_layout, x.device());
+  if (x.size(2) > 0) pack_into(x, out, 0);
   return out;
 }
 

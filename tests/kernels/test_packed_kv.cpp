@@ -46,17 +46,7 @@ std::vector<int> unpack_codes(const kk::PackedBlock& b) {
 // Empty capacity buffers of `cap` tokens for blocks of this configuration on `dev`.
 kk::PackedBlock capacity_block(int64_t B, int64_t H, int64_t cap, int64_t D, int bits, int group, bool pc, bool kl,
                                at::Device dev) {
-  kk::PackedBlock b;
-  b.bits = bits;
-  b.group = pc ? group : std::min<int>(group, int(D));
-  b.per_channel = pc;
-  b.key_layout = kl;
-  auto opt = at::TensorOptions().device(dev);
-  b.codes = at::zeros({B, H, cap, D * bits / 32}, opt.dtype(at::kInt));
-  b.scale = pc ? at::zeros({B, H, (cap + group - 1) / group, D}, opt.dtype(at::kHalf))
-               : at::zeros({B, H, D / b.group, cap}, opt.dtype(at::kHalf));
-  b.minv = at::zeros_like(b.scale);
-  return b;
+  return kk::empty_block(B, H, cap, D, bits, group, pc, kl, dev);
 }
 // The first T tokens of capacity buffers, as a block (views).
 kk::PackedBlock first_tokens(const kk::PackedBlock& cap, int64_t T) {
