@@ -30,7 +30,7 @@ std::vector<ParamSpec> perplexity_params() {
       {"max_windows", ParamType::Int, 0, 0, 1e12, {}, "evaluate only the first N windows; 0 = all"},
       {"add_bos", ParamType::Bool, false, -1e300, 1e300, {}, "start every window with the BOS token"},
       {"profile", ParamType::Bool, false, -1e300, 1e300, {},
-       "record per-phase timings (prof_*: cache work, attention+MLP, rest; synchronizes CUDA)"},
+       "record per-phase timings (prof_*: cache policy with its attention, projections+MLP, rest; synchronizes CUDA)"},
       {"dtype", ParamType::Enum, "float32", -1e300, 1e300, {"float32", "bfloat16", "float16"},
        "compute dtype of the model (float16 needs CUDA)"},
   };

@@ -100,7 +100,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--max-windows", a->max_windows, "first N windows only (0 = all)")->capture_default_str();
   cmd->add_flag("--add-bos", a->add_bos, "start every window with BOS");
   cmd->add_flag("--profile", a->profile,
-                "per-phase timings: cache work (quantize/dequantize/evict), attention+MLP, the rest");
+                "per-phase timings: the cache policy (storage and attention), projections+MLP, the rest");
   cmd->add_option("--dtype", a->dtype, "compute dtype")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
       ->capture_default_str();

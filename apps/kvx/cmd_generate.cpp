@@ -55,7 +55,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--seed", a->opt.seed, "random seed for sampling")->capture_default_str();
   cmd->add_flag("--no-stop", a->no_stop, "do not stop at the end-of-text token");
   cmd->add_flag("--profile", a->profile,
-                "print tokens/s and per-phase timings (cache work, attention+MLP, rest) on stderr");
+                "print tokens/s and per-phase timings (cache policy with attention, projections+MLP, rest) on stderr");
   cmd->add_option("--method", a->method, "method shorthand, e.g. none, kvq:k4v2")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "compute dtype")
