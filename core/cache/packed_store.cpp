@@ -42,6 +42,7 @@ void FpRows::append(const at::Tensor& x) {
   if (at::GradMode::is_enabled() && x.requires_grad()) autograd_ = true;
   if (autograd_) {  // out of place: the rows stay in the graph of the chunks they came from
     buf_ = n_ > 0 ? at::cat({view(), x}, 2) : x;
+    start_ = 0;
     n_ += n;
     return;
   }
@@ -55,6 +56,7 @@ void FpRows::erase(int64_t t0, int64_t n) {
   const int64_t after = n_ - t0 - n;
   if (autograd_) {
     buf_ = n_ - n > 0 ? at::cat({view(0, t0), view(t0 + n, n_)}, 2) : at::Tensor();
+    start_ = 0;
   } else if (n > 0 && t0 <= after) {  // the rows before the gap move up (overlapping: through a copy)
     if (t0 > 0) buf_.narrow(2, start_ + n, t0).copy_(buf_.narrow(2, start_, t0).clone());
     start_ += n;
@@ -69,6 +71,7 @@ void FpRows::replace_front(int64_t old, const at::Tensor& x) {
   if (old < 0 || after < 0) throw error("FpRows::replace_front: {} of {} tokens", old, n_);
   if (autograd_) {
     buf_ = m == 0 ? (after > 0 ? view(old, n_) : at::Tensor()) : after > 0 ? at::cat({x, view(old, n_)}, 2) : x;
+    start_ = 0;
     n_ = m + after;
     return;
   }
