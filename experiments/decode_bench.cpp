@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "core/common/error.h"
+#include "core/model/decode_steps.h"
 #include "core/model/model.h"
 #include "quantizers/registry.h"
 
@@ -38,7 +39,7 @@ void time_attention(nlohmann::json& row, const nlohmann::json& method, const Cau
   ao.scale = 1.0 / std::sqrt(double(info.head_dim));
   int64_t pos = o.context;
   auto call = [&] {
-    StepInfo s{pos++, 1, info.rope};
+    StepInfo s{pos++, 1, info.rope, {}};
     (void)policy->attend(0, q, k, v, s, ao);
   };
   const int64_t bytes = policy->memory().device_bytes();
@@ -64,7 +65,8 @@ void time_decode(nlohmann::json& row, const nlohmann::json& method, CausalLM& mo
   bench::fill_cache(*policy, info, o.batch, o.context, info.n_layers);
   at::Tensor ids = at::randint(0, model.config().vocab_size, {o.batch, 1}, at::TensorOptions().device(dev).dtype(at::kLong));
   int64_t pos = o.context;
-  auto step = [&] { ids = model.forward(ids, pos++, *policy).select(1, -1).argmax(-1, true); };
+  DecodeSteps steps(model, *policy, o.decode == "auto" ? default_step_mode(model) : parse_step_mode(o.decode));
+  auto step = [&] { ids = steps.forward(ids, pos++).select(1, -1).argmax(-1, true); };
   step();
   step();
   bench::sync(dev);
@@ -76,6 +78,8 @@ void time_decode(nlohmann::json& row, const nlohmann::json& method, CausalLM& mo
   row["decode_tok_s"] = double(o.batch * o.steps) / s;
   row["kv_bytes_total"] = policy->memory().device_bytes();
   row["decode_kernel_path"] = policy->paths().kernel_path();
+  const DecodeSteps::Stats& st = steps.stats();
+  row["decode_steps"] = {{"mode", step_mode_name(steps.mode())}, {"plain", st.plain}, {"eager", st.eager}, {"runs", st.captures}};
 }
 
 }  // namespace
@@ -104,7 +108,10 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
       "attn_us: median of {} samples of a CUDA graph replaying {} attend() calls of one layer (device time; eager where "
       "capture fails, see rows' attn_timing); attn_eager_us: {} back-to-back eager calls and one sync",
       o.iters, kAttnInner, kAttnInner);
-  out["decode_timing"] = fmt::format("decode_tok_s: batch x {} greedy steps through the model, launched eagerly, one sync", o.steps);
+  out["decode_timing"] = fmt::format(
+      "decode_tok_s: batch x {} greedy steps through the model as the protocols run them (decode steps: {}; rows' "
+      "decode_steps: plain steps replayed, eager steps, runs captured), one sync",
+      o.steps, o.decode);
   const double bw = out["copy_bandwidth_gbs"].get<double>() * 1e9;
   const double wbytes = weight_bytes(s, dtype == "float32" ? 4 : 2);
   out["weight_bytes"] = wbytes;

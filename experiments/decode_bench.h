@@ -22,6 +22,7 @@ struct DecodeBenchOptions {
   int iters = 20;          // timed attention samples (median reported)
   int64_t steps = 128;     // decode steps timed end to end (flushes of the residual included)
   bool end_to_end = true;  // also time whole decode steps through all layers
+  std::string decode = "auto";  // decode steps: auto | cuda_graph | eager (core/model/decode_steps.h)
   std::string device = "cuda";
   std::string dtype = "";  // "" = bfloat16 on CUDA, float32 on CPU
 };

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "core/common/error.h"
+#include "core/model/decode_steps.h"
 #include "core/model/model.h"
 
 namespace kvx {
@@ -54,13 +55,14 @@ std::vector<int32_t> generate_continuation(CausalLM& model, KVCachePolicy& polic
   auto t0 = Clock::now();
   at::Tensor logits = model.forward(as_ids(prompt.data(), n, model.device()), 0, policy);
   std::vector<int32_t> out;
+  DecodeSteps steps(model, policy, default_step_mode(model));
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     const int32_t next = pick(logits[0][logits.size(1) - 1], opt, rng);  // copies to the host: synchronizes
     if (times) (i == 0 ? times->prefill_s : times->decode_s) += std::chrono::duration<double>(Clock::now() - t0).count();
     out.push_back(next);
     if (next == opt.stop_id || i + 1 == opt.max_new_tokens) break;
     t0 = Clock::now();
-    logits = model.forward(as_ids(&next, 1, model.device()), n + i, policy);
+    logits = steps.forward(as_ids(&next, 1, model.device()), n + i);
     if (times) ++times->decode_steps;
   }
   return out;

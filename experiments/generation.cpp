@@ -43,9 +43,10 @@ GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::
   constexpr int64_t kEosCheck = 16;
   int64_t made = 1;  // ids generated so far
   t0 = Clock::now();
+  DecodeSteps steps(model, policy, default_step_mode(model));
   if (opt.eos < 0 || first != opt.eos)
     while (made < opt.new_tokens) {
-      next = argmax_last(model.forward(next, n + made - 1, policy)[0]);
+      next = argmax_last(steps.forward(next, n + made - 1)[0]);
       ids.narrow(0, made, 1).copy_(next.view({1}));
       ++made;
       ++out.decode_steps;
@@ -57,6 +58,8 @@ GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::
   const int64_t* h = host.data_ptr<int64_t>();
   for (int64_t i = 0; i < made && !(opt.eos >= 0 && h[i] == opt.eos); ++i) out.tokens.push_back(int32_t(h[i]));
   out.kv_bytes_mean = bytes_sum / double(out.decode_steps + 1);
+  out.step_mode = steps.mode();
+  out.steps = steps.stats();
   return out;
 }
 
@@ -173,12 +176,17 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   auto fp = full_precision_run(ref_id.dump(), *jm.model, prompts, g, ctx);
 
   auto inner = make_policy(job.at("method"));
-  TimedPolicy method(*inner);
+  // profiling synchronizes every layer (and keeps decode steps eager): only when asked
+  std::unique_ptr<TimedPolicy> timed;
+  if (pbool(P, "profile")) timed = std::make_unique<TimedPolicy>(*inner);
+  KVCachePolicy& method = timed ? static_cast<KVCachePolicy&>(*timed) : *inner;
   KvMemoryPeak mem;
   double rouge_fp = 0, agree = 0, exact = 0, div_pos = 0, rouge_ref = 0, rouge_ref_fp = 0, gen_len = 0;
   int64_t with_refs = 0;
   double prefill_s = 0, decode_s = 0, kv_mean_sum = 0;
   int64_t prefill_tokens = 0, decode_steps = 0;
+  StepMode step_mode = StepMode::Eager;
+  DecodeSteps::Stats step_stats;
   std::vector<int32_t> first_output;
   for (size_t i = 0; i < prompts.size(); ++i) {
     check_cancel(ctx, 0.5 + 0.5 * double(i) / prompts.size());
@@ -189,6 +197,10 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
     decode_s += o.decode_s;
     prefill_tokens += o.prefill_tokens;
     decode_steps += o.decode_steps;
+    step_mode = o.step_mode;
+    step_stats.plain += o.steps.plain;
+    step_stats.eager += o.steps.eager;
+    step_stats.captures += o.steps.captures;
     const auto& base = fp->outputs[i];
     rouge_fp += rouge_l(o.tokens, base).f1;
     agree += token_agreement(o.tokens, base);
@@ -223,10 +235,11 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   m["fp16_decode_tok_s"] = rate(fp->decode_steps, fp->decode_s);
   mem.write(m);
   m["kv_bytes_mean"] = kv_mean_sum / double(prompts.size());
-  if (pbool(P, "profile")) write_profile(m, method.times(), prefill_s, decode_s);
+  if (timed) write_profile(m, timed->times(), prefill_s, decode_s);
   m["sample"] = jm.tokenizer->decode(first_output);
   m["sample_fp16"] = jm.tokenizer->decode(fp->outputs[0]);
   write_paths(m, inner->paths());
+  write_decode_steps(m, step_mode, step_stats);
   m["policy"] = inner->name();
   return m;
 }

@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/model/decode_steps.h"
+
 #include "experiments/protocol.h"
 #include "experiments/timed_policy.h"
 
@@ -37,6 +39,8 @@ struct GreedyOutput {
   // Device bytes of the cache after the prefill and after every decode step, averaged (the
   // memory a budgeted cache really holds over the generation; sampled outside the timers).
   double kv_bytes_mean = 0;
+  StepMode step_mode = StepMode::Eager;  // how the decode steps ran (core/model/decode_steps.h)
+  DecodeSteps::Stats steps;
 };
 
 // Resets the policy, prefills the prompt and decodes greedily (argmax, ties to the lowest id). The

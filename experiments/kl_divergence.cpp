@@ -156,9 +156,9 @@ at::Tensor window_logits(CausalLM& model, KVCachePolicy& policy, const int32_t* 
   std::vector<at::Tensor> parts;
   feed_chunks(model, policy, ids, len, chunk, [&](int64_t off, const at::Tensor& logits) {
     const int64_t lo = std::max(from, off), hi = std::min(len - 1, off + logits.size(0));
-    if (hi > lo) parts.push_back(logits.narrow(0, lo - off, hi - lo));
+    if (hi > lo) parts.push_back(logits.narrow(0, lo - off, hi - lo).clone());  // stays on the device: no wait per chunk
   });
-  return at::cat(parts, 0);
+  return at::cat(parts, 0).cpu();
 }
 
 std::vector<ParamSpec> kl_params() {

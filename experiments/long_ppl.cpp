@@ -91,7 +91,7 @@ nlohmann::json run_long_ppl(const nlohmann::json& job, JobContext& ctx) {
       const int64_t len = std::min<int64_t>(logits.size(0), n - 1 - off);  // the last position predicts nothing
       if (len <= 0) return;
       at::Tensor lp = at::log_softmax(logits.narrow(0, 0, len).to(at::kDouble), -1);
-      at::Tensor nll = -lp.gather(1, targets.narrow(0, off + 1, len).view({-1, 1})).view(-1);
+      at::Tensor nll = -lp.gather(1, targets.narrow(0, off + 1, len).view({-1, 1}).to(lp.device())).view(-1).cpu();
       const double* p = nll.contiguous().data_ptr<double>();
       for (int64_t i = 0; i < len; ++i) acc.add(off + i + 1, p[i]);
     });

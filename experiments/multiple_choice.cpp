@@ -35,7 +35,7 @@ McChoiceScore score_choice(CausalLM& model, const Tokenizer& tok, KVCachePolicy&
       at::Tensor tgt = at::empty({n - Lq - 1, 1}, at::kLong);
       int64_t* t = tgt.data_ptr<int64_t>();
       for (int64_t j = 0; j < n - Lq - 1; ++j) t[j] = c[Lq + 1 + j];
-      sum += lp.gather(1, tgt).sum().item<double>();
+      sum += lp.gather(1, tgt.to(lp.device())).sum().item<double>();
     });
   }
   s.score = require_finite(sum / double(s.choice_tokens), "choice log-likelihood");

@@ -111,6 +111,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   std::vector<int32_t> win(o.seq_len);
   PolicyTimes times;  // profile only
   AttentionPaths paths;
+  const StepMode mode = default_step_mode(model);
+  DecodeSteps::Stats step_stats;
   double prefill_s = 0, decode_s = 0;
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -132,10 +134,12 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     // once, after the window: no host round trip per chunk (token-by-token feeding included).
     const auto dopt = at::TensorOptions().device(model.device()).dtype(at::kDouble);
     at::Tensor nll_w = at::zeros({}, dopt), bad_w = at::full({}, INFINITY, dopt);
+    const at::Tensor win_ids = model.device_ids(ids_tensor(win.data(), o.seq_len));  // one upload per window
+    DecodeSteps steps(model, *policy, mode);
     for (int64_t c0 = 0; c0 < o.seq_len; c0 += chunk) {
       const int64_t n = std::min(chunk, o.seq_len - c0);
       const auto f0 = std::chrono::steady_clock::now();
-      at::Tensor logits = model.forward(ids_tensor(win.data() + c0, n).to(model.device()), c0, *policy)[0];
+      at::Tensor logits = steps.forward(win_ids.narrow(1, c0, n), c0)[0];
       forwarded += n;
       // logits row j predicts window position c0 + j + 1.
       const int64_t j0 = std::max<int64_t>(0, first_scored - 1 - c0);
@@ -150,7 +154,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       ++kv_steps;
       if (j1 <= j0) continue;
       at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
-      at::Tensor tgt = ids_tensor(win.data() + c0 + j0 + 1, j1 - j0)[0].to(lp.device());
+      at::Tensor tgt = win_ids[0].narrow(0, c0 + j0 + 1, j1 - j0);
       nll_w -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum();
       scored += j1 - j0;
     }
@@ -162,6 +166,9 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
     nll_sum += read[0].item<double>();
     if (timed) times += timed->times();
     paths += policy->paths();
+    step_stats.plain += steps.stats().plain;
+    step_stats.eager += steps.stats().eager;
+    step_stats.captures += steps.stats().captures;
     const MemoryReport r = policy->memory();
     kv_sum += double(r.device_bytes());
     kv_max = std::max(kv_max, r.device_bytes());
@@ -189,6 +196,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["eval_seconds"] = seconds;
   m["tokens_per_s"] = seconds > 0 ? double(forwarded) / seconds : 0.0;
   write_paths(m, paths);
+  write_decode_steps(m, mode, step_stats);
   m["compute_dtype"] = scalar_name(model.dtype());
   m["kv_bytes"] = kv_sum / nw;
   m["kv_bytes_max"] = kv_max;

@@ -108,10 +108,13 @@ at::Tensor ids_tensor(const int32_t* ids, int64_t n) {
 void feed_more(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t n, int64_t pos0, int64_t chunk,
                const std::function<void(int64_t, const at::Tensor&)>& on_chunk) {
   if (chunk <= 0) chunk = n;
+  if (n <= 0) return;
+  DecodeSteps steps(model, policy, default_step_mode(model));
+  const at::Tensor all = model.device_ids(ids_tensor(ids, n));  // one upload, not one per chunk
   for (int64_t off = 0; off < n; off += chunk) {
     const int64_t len = std::min(chunk, n - off);
-    at::Tensor logits = model.forward(ids_tensor(ids + off, len), pos0 + off, policy);
-    if (on_chunk) on_chunk(off, logits[0].to(at::kCPU));
+    at::Tensor logits = steps.forward(all.narrow(1, off, len), pos0 + off);
+    if (on_chunk) on_chunk(off, logits[0]);
   }
 }
 
@@ -136,6 +139,10 @@ void KvMemoryPeak::write(nlohmann::json& m) const {
   m["bpv"] = bpv;
   m["compression_ratio"] = bpv > 0 ? 16.0 / bpv : 0.0;
   m["retained_fraction"] = retained;
+}
+
+void write_decode_steps(nlohmann::json& m, StepMode mode, const DecodeSteps::Stats& s) {
+  m["decode_steps"] = {{"mode", step_mode_name(mode)}, {"plain", s.plain}, {"eager", s.eager}, {"runs", s.captures}};
 }
 
 void write_paths(nlohmann::json& m, const AttentionPaths& p) {

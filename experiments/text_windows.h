@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/model/decode_steps.h"
 #include "experiments/dataset_adapter.h"
 #include "experiments/protocol.h"
 
@@ -52,8 +53,10 @@ struct Window {
 std::vector<Window> cut_windows(int64_t n_tokens, int64_t seq_len, int64_t stride, int64_t max_windows);
 
 // Resets `policy` for one sequence and feeds ids[0..n) at positions pos0.. in chunks of `chunk`
-// tokens (chunk <= 0: all at once). on_chunk(offset, logits [n_chunk, V] fp32 on CPU) is called
-// after each chunk. Returns nothing; timing is the caller's business.
+// tokens (chunk <= 0: all at once), one-token chunks through core/model/decode_steps.h.
+// on_chunk(offset, logits [n_chunk, V] fp32 on the model's device) is called after each chunk; the
+// logits may be a buffer the next chunk overwrites (copy what you keep), and reading them on the
+// host waits for the device. Returns nothing; timing is the caller's business.
 void feed_chunks(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t n, int64_t chunk,
                  const std::function<void(int64_t offset, const at::Tensor& logits)>& on_chunk);
 // Same without resetting (continues an existing sequence at pos0).
@@ -73,6 +76,9 @@ struct KvMemoryPeak {
 // attention_impl, and attention_calls {path: calls that read cached entries, chunk_only: calls
 // that read none}.
 void write_paths(nlohmann::json& metrics, const AttentionPaths& paths);
+// metrics["decode_steps"]: how the one-token steps ran (core/model/decode_steps.h): the mode, plain
+// steps, eager forward calls, plain runs.
+void write_decode_steps(nlohmann::json& metrics, StepMode mode, const DecodeSteps::Stats& stats);
 
 // Throws kvx::Error when the job was cancelled; calls progress.
 void check_cancel(JobContext& ctx, double progress);

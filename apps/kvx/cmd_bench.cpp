@@ -26,6 +26,10 @@ void setup(CLI::App& app) {
   dec->add_option("--iters", opt->iters, "timed attention samples (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
   dec->add_option("--steps", opt->steps, "decode steps timed end to end")->capture_default_str()->check(CLI::PositiveNumber);
   dec->add_flag("!--no-end-to-end", opt->end_to_end, "time only the attention");
+  dec->add_option("--decode", opt->decode,
+                  "how decode steps run: auto (CUDA graphs where the model and cache allow, as kvx run), cuda_graph, eager")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cuda_graph", "eager"}));
   dec->add_option("--dtype", opt->dtype, "compute dtype (default bfloat16 on CUDA, float32 on CPU)");
   dec->add_option("--device", opt->device, "cuda or cpu")->capture_default_str()->check(CLI::IsMember({"cuda", "cpu"}));
   dec->add_option("--format", *format, "text or json")->check(CLI::IsMember({"text", "json"}));

@@ -125,13 +125,17 @@ __global__ void affine_dequantize_kernel(const uint8_t* __restrict__ packed, Geo
 // shared-memory pass over the warps' maxima.
 // Row r of x ([B·H·n, D] contiguous) goes to (b·H + h, t) of codes / scale, planes codes_bh / scale_bh apart
 // (a token range of a larger buffer).
+// A graph-replayed step (step != nullptr) moves the rows of x and of the destination off_rate·d
+// tokens along their buffers; x's planes are x_bh apart.
 template <typename T>
-__global__ void int8_quantize_kernel(const T* __restrict__ x, int D, int64_t n, int8_t* __restrict__ codes, int64_t codes_bh,
-                                     float* __restrict__ scale, int64_t scale_bh) {
+__global__ void int8_quantize_kernel(const T* __restrict__ x, int64_t x_bh, int D, int64_t n, int8_t* __restrict__ codes,
+                                     int64_t codes_bh, float* __restrict__ scale, int64_t scale_bh,
+                                     const int64_t* __restrict__ step, int64_t off_rate) {
   __shared__ float warp_amax[32];
-  const int64_t row = blockIdx.x, bh = row / n, t = row % n;
+  const int64_t row = blockIdx.x, bh = row / n;
+  const int64_t t = row % n + (step ? off_rate * *step : 0);
   const int d = threadIdx.x;
-  const float v = to_f(x[row * D + d]);
+  const float v = to_f(x[bh * x_bh + t * D + d]);
   float a = warp_max(fabsf(v));
   if (d % 32 == 0) warp_amax[d / 32] = a;
   __syncthreads();
@@ -213,17 +217,22 @@ bool int8_supported(const at::Tensor& x) {
   return D >= 32 && D <= 1024 && D % 32 == 0;
 }
 
-void int8_quantize_into(const at::Tensor& x_in, Int8Block& dst) {
+void int8_quantize_into(const at::Tensor& x_in, Int8Block& dst, const kernels::StepGrowth& moved) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = kernel_input(x_in);
+  // rows moved by a step counter are read where they lie: [B, H, n, D] with contiguous rows
+  const bool rows_ok = x_in.dim() == 4 && x_in.stride(3) == 1 && x_in.stride(2) == x_in.size(3) &&
+                       x_in.stride(0) == x_in.size(1) * x_in.stride(1);
+  if (moved.step && !rows_ok) throw error("int8_quantize: rows moved by a step counter must lie as [B, H, n, D] rows");
+  const at::Tensor x = moved.step ? x_in : kernel_input(x_in);
   const int64_t D = x.size(3), n = x.size(2), rows = x.size(0) * x.size(1) * n;
   if (rows == 0) return;
+  const int64_t x_bh = moved.step ? x.stride(1) : n * D;
   auto st = at::cuda::getCurrentCUDAStream();
   with_float_type(x.scalar_type(), "int8_quantize", [&](auto xt) {
     using T = decltype(xt);
-    int8_quantize_kernel<T><<<unsigned(rows), unsigned(D), 0, st>>>(ptr<const T>(x), int(D), n, dst.codes.data_ptr<int8_t>(),
-                                                                     dst.codes.stride(1), dst.scale.data_ptr<float>(),
-                                                                     dst.scale.stride(1));
+    int8_quantize_kernel<T><<<unsigned(rows), unsigned(D), 0, st>>>(
+        ptr<const T>(x), x_bh, int(D), n, dst.codes.data_ptr<int8_t>(), dst.codes.stride(1), dst.scale.data_ptr<float>(),
+        dst.scale.stride(1), moved.step, moved.off_rate);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -232,7 +241,7 @@ Int8Block int8_quantize(const at::Tensor& x) {
   Int8Block r;
   r.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
   r.scale = at::empty({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
-  cuda_codec::int8_quantize_into(x, r);
+  cuda_codec::int8_quantize_into(x, r, {});
   return r;
 }
 

@@ -18,7 +18,8 @@ at::Tensor affine_dequantize(const AffineBlock& blk, at::ScalarType dtype);
 bool int8_supported(const at::Tensor& x);
 Int8Block int8_quantize(const at::Tensor& x);
 // Into dst's tensors ([B, H, n, D] / [B, H, n]: rows contiguous, (b, h) planes at one stride).
-void int8_quantize_into(const at::Tensor& x, Int8Block& dst);
+// moved: a graph-replayed step's (int8_absmax.h), x then a view of rows of a buffer.
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst, const kernels::StepGrowth& moved);
 
 }  // namespace kvx::cuda_codec
 #endif

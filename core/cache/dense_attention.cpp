@@ -56,22 +56,15 @@ at::Tensor dense_attention(const at::Tensor& q, const AttnInputs& a, int layer, 
   const int64_t N = a.k.size(2);
   at::Tensor k = a.k.to(q.scalar_type()), v = a.v.to(q.scalar_type());
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
-  // Nothing cached and no window: plain causal attention over the chunk, which SDPA runs as a
-  // flash kernel without a mask (and with the GQA grouping inside the kernel).
+  // No mask needed, so SDPA runs a flash kernel with the GQA grouping inside: nothing cached and no
+  // window (plain causal attention over the chunk), or a decode step over entries at earlier
+  // positions (none evicted per head, no window cutting them: every entry is visible).
   const bool plain_causal = a.n_cached == 0 && N == T && !a.head_pos.defined() && a.window < 0 &&
                             (opt.model_window <= 0 || opt.model_window >= T);
-  if (q.is_cuda() && !want_probs && plain_causal) {
-    impl = "sdpa";
-    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, opt.scale, /*enable_gqa=*/true)
-        .transpose(1, 2)
-        .reshape({B, T, Hq * D});
-  }
-  // A decode step over entries at earlier positions (none evicted per head, no window cutting
-  // them): every entry is visible, so no mask either.
   const bool all_visible = T == 1 && !a.head_pos.defined() && a.window < 0 && opt.model_window <= 0;
-  if (q.is_cuda() && !want_probs && all_visible) {
+  if (q.is_cuda() && !want_probs && (plain_causal || all_visible)) {
     impl = "sdpa";
-    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/false, opt.scale, /*enable_gqa=*/true)
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/plain_causal, opt.scale, /*enable_gqa=*/true)
         .transpose(1, 2)
         .reshape({B, T, Hq * D});
   }

@@ -42,13 +42,17 @@ Int8Block int8_quantize(const at::Tensor& x) {
   return blk;
 }
 
-void int8_quantize_into(const at::Tensor& x, Int8Block& dst) {
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst, const kernels::StepGrowth& moved) {
 #ifdef KVX_WITH_CUDA
-  if (x.is_cuda() && dst.codes.is_cuda() && cuda_codec::int8_supported(x)) return cuda_codec::int8_quantize_into(x, dst);
+  if (x.is_cuda() && dst.codes.is_cuda() && cuda_codec::int8_supported(x)) return cuda_codec::int8_quantize_into(x, dst, moved);
 #endif
-  const Int8Block q = int8_quantize(x);
-  dst.codes.copy_(q.codes);
-  dst.scale.copy_(q.scale);
+  if (moved.step && !x.device().is_cpu())
+    throw error("int8_quantize_into: rows moved by a step counter on {} need the CUDA kernel", x.device().str());
+  kernels::StepGrowth g = moved;
+  g.len_rate = 0;
+  const Int8Block q = int8_quantize(kernels::at_step(x, g));
+  kernels::at_step(dst.codes, g).copy_(q.codes);
+  kernels::at_step(dst.scale, g).copy_(q.scale);
 }
 
 at::Tensor int8_dequantize(const Int8Block& blk, at::ScalarType dtype) {

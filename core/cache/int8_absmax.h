@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include "core/kernels/packed_kv.h"
+
 namespace kvx {
 
 struct Int8Block {
@@ -15,8 +17,10 @@ struct Int8Block {
 };
 
 Int8Block int8_quantize(const at::Tensor& x);                        // x: [B, H, N, D]
-// The same into dst's tensors (views, e.g. a token range of a store's buffers).
-void int8_quantize_into(const at::Tensor& x, Int8Block& dst);
+// The same into dst's tensors (views, e.g. a token range of a store's buffers). `moved`: a
+// graph-replayed step's (core/kernels/packed_kv.h's StepGrowth): x (a view of rows of a buffer) and
+// dst both lie off_rate·d tokens further along their buffers at the counter's value d.
+void int8_quantize_into(const at::Tensor& x, Int8Block& dst, const kernels::StepGrowth& moved = {});
 at::Tensor int8_dequantize(const Int8Block& blk, at::ScalarType dtype);  // [B, H, N, D]
 
 }  // namespace kvx

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "core/cache/dense_attention.h"
 #include "core/common/error.h"
 
@@ -43,9 +45,19 @@ KernelRequest parse_kernel_request(const std::string& s) {
   throw error("kernel '{}': expected auto, fused or dequant_then_attend", s);
 }
 
-void AttentionPaths::note(const std::string& kernel_path, const std::string& impl) {
-  ++kernel_calls[kernel_path];
-  ++impl_calls[impl];
+std::string fused_run_unsupported(const ModelInfo& m) {
+  if (!m.device.is_cuda()) return "the fused kernels run on CUDA (this run is on the CPU, which runs their reference)";
+#ifndef KVX_WITH_CUDA
+  return "this kvx build has no CUDA kernels";
+#endif
+  if (m.dtype != at::kHalf && m.dtype != at::kBFloat16)
+    return fmt::format("the model computes in {} (the fused kernels take float16 or bfloat16)", c10::toString(m.dtype));
+  return "";
+}
+
+void AttentionPaths::note(const std::string& kernel_path, const std::string& impl, int64_t calls) {
+  kernel_calls[kernel_path] += calls;
+  impl_calls[impl] += calls;
 }
 
 AttentionPaths& AttentionPaths::operator+=(const AttentionPaths& o) {
@@ -68,6 +80,15 @@ void KVCachePolicy::note_path(bool cached, const std::string& kernel_path, const
     paths_.note(kernel_path, impl);
   else
     ++paths_.chunk_only_calls;
+}
+
+void KVCachePolicy::note_plain_path(int layer, const std::string& kernel_path, const std::string& impl) {
+  if (plain_paths_.size() <= size_t(layer)) plain_paths_.resize(size_t(layer) + 1);
+  plain_paths_[size_t(layer)] = {kernel_path, impl};
+}
+
+void KVCachePolicy::count_plain_paths(int64_t steps) {
+  for (const auto& [path, impl] : plain_paths_) paths_.note(path, impl, steps);
 }
 
 at::Tensor KVCachePolicy::attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,

@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvx {
@@ -47,6 +48,9 @@ struct StepInfo {
   int64_t pos0 = 0;   // absolute position of the chunk's first token
   int64_t n_new = 0;  // tokens in this chunk (1 = decode step)
   const Rope* rope = nullptr;
+  // A plain step of a graph-replayed run (KVCachePolicy::plain_steps): the run's step counter d,
+  // int64 [1] on the model's device; the token's position is pos0 + d. Undefined otherwise.
+  at::Tensor step;
 };
 
 // How the model asks for attention: the softmax scale and its own sliding window.
@@ -97,7 +101,7 @@ struct MemoryReport {
 struct AttentionPaths {
   std::map<std::string, int64_t> kernel_calls, impl_calls;
   int64_t chunk_only_calls = 0;  // calls with nothing cached
-  void note(const std::string& kernel_path, const std::string& impl);
+  void note(const std::string& kernel_path, const std::string& impl, int64_t calls = 1);
   AttentionPaths& operator+=(const AttentionPaths& o);
   // The paths taken, joined by '+' in a fixed order ("fused", "dequant_then_attend+fused", ...);
   // "chunk_only" when no call read cached entries.
@@ -122,6 +126,16 @@ class KVCachePolicy {
   virtual bool wants_attention() const { return false; }
   virtual void observe_attention(int layer, const at::Tensor& probs, const StepInfo& s) {}
   virtual void end_step(const StepInfo& s) {}
+  // Graph-replayed decoding (core/model/decode_steps.h): a run of one-token steps that every layer
+  // takes the same way — the token stored where the run's step counter says, attention over lengths
+  // it reads from the device, nothing reallocated, nothing flushed or evicted — replays one captured
+  // step. plain_steps(pos, want) readies the cache for up to `want` such steps from position `pos`
+  // (it must hold pos tokens: an error otherwise), reserving what they store and recording where the
+  // run's first step stores and reads, and returns how many it can take: 0, the default, means the
+  // next step runs eagerly. attend() with StepInfo::step defined then launches the run's step d
+  // from that record and d, whatever the host state; advance(n) records that n steps ran.
+  virtual int64_t plain_steps(int64_t pos, int64_t want) { return 0; }
+  virtual void advance(int64_t steps) {}
   virtual MemoryReport memory() const = 0;
   // Name of the policy (recorded in result rows).
   virtual std::string name() const = 0;
@@ -131,7 +145,13 @@ class KVCachePolicy {
  protected:
   // attend() implementations record each call; `cached`: the call read cached entries.
   void note_path(bool cached, const std::string& kernel_path, const std::string& impl);
+  // A plain step's attend() records layer l's path here; advance() counts it once per step run.
+  void note_plain_path(int layer, const std::string& kernel_path, const std::string& impl);
+  void count_plain_paths(int64_t steps);
   AttentionPaths paths_;
+
+ private:
+  std::vector<std::pair<std::string, std::string>> plain_paths_;
 };
 
 // Which attention path a policy with a fused kernel may take (a method spec's `kernel`): auto (fused
@@ -139,6 +159,10 @@ class KVCachePolicy {
 // dequant_then_attend (never the fused kernel).
 enum class KernelRequest { Auto, Fused, DequantThenAttend };
 KernelRequest parse_kernel_request(const std::string& s);  // "auto" | "fused" | "dequant_then_attend"
+
+// Why this model's run cannot use the fused CUDA kernels at all ("" when it can): its device, this
+// build, its compute dtype. What a policy's own storage and shapes need it checks beside this.
+std::string fused_run_unsupported(const ModelInfo& m);
 
 // The trivial policy: keeps every key and value in the compute dtype, attended in place (SDPA on
 // CUDA).

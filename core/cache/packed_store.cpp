@@ -87,6 +87,19 @@ void FpRows::replace_front(int64_t old, const at::Tensor& x) {
   n_ = m + after;
 }
 
+bool FpRows::reserve_more(int64_t more) {
+  if (!buf_.defined() || autograd_) return false;
+  reserve(n_ + more, buf_);
+  return true;
+}
+
+void FpRows::grow(int64_t n) {
+  if (!buf_.defined() || n < 0 || start_ + n_ + n > buf_.size(2))
+    throw error("FpRows::grow: {} more tokens do not fit the room of {} after {} rows", n, buf_.defined() ? buf_.size(2) : 0,
+                start_ + n_);
+  n_ += n;
+}
+
 at::Tensor FpRows::view(int64_t t0, int64_t t1) const {
   if (!buf_.defined()) return at::Tensor();
   return buf_.narrow(2, start_ + t0, t1 - t0);
@@ -161,23 +174,40 @@ void PackedStore::account(const std::string& prefix, SegmentTally& t) const {
 }
 
 // ---------------------------------------------------------------- Int8Store
+void Int8Store::reserve(int64_t tokens, const at::Tensor& like) {
+  if (codes_.defined() && codes_.size(2) >= tokens) return;
+  const int64_t cap = capacity_for(tokens, codes_.defined() ? codes_.size(2) : 0, 64);
+  const auto opt = at::TensorOptions().device(like.device());
+  auto c = at::empty({like.size(0), like.size(1), cap, like.size(3)}, opt.dtype(at::kChar));
+  auto s = at::empty({like.size(0), like.size(1), cap}, opt.dtype(at::kFloat));
+  if (n_ > 0) {
+    c.narrow(2, 0, n_).copy_(codes_.narrow(2, 0, n_));
+    s.narrow(2, 0, n_).copy_(scale_.narrow(2, 0, n_));
+  }
+  codes_ = c;
+  scale_ = s;
+}
+
 void Int8Store::append(const at::Tensor& x) {
   const int64_t n = x.size(2);
   if (n == 0) return;
-  if (!codes_.defined() || codes_.size(2) < n_ + n) {
-    const int64_t cap = capacity_for(n_ + n, codes_.defined() ? codes_.size(2) : 0, 64);
-    const auto opt = at::TensorOptions().device(x.device());
-    auto c = at::empty({x.size(0), x.size(1), cap, x.size(3)}, opt.dtype(at::kChar));
-    auto s = at::empty({x.size(0), x.size(1), cap}, opt.dtype(at::kFloat));
-    if (n_ > 0) {
-      c.narrow(2, 0, n_).copy_(codes_.narrow(2, 0, n_));
-      s.narrow(2, 0, n_).copy_(scale_.narrow(2, 0, n_));
-    }
-    codes_ = c;
-    scale_ = s;
-  }
+  reserve(n_ + n, x);
   Int8Block into{codes_.narrow(2, n_, n), scale_.narrow(2, n_, n)};
   int8_quantize_into(x, into);  // in place: no copy of the new rows
+  n_ += n;
+}
+
+bool Int8Store::reserve_more(int64_t more) {
+  if (!codes_.defined()) return false;
+  reserve(n_ + more, codes_);
+  return true;
+}
+
+Int8Block Int8Store::room(int64_t n) const { return {codes_.narrow(2, n_, n), scale_.narrow(2, n_, n)}; }
+
+void Int8Store::grow(int64_t n) {
+  if (!codes_.defined() || n < 0 || n_ + n > codes_.size(2))
+    throw error("Int8Store::grow: {} more rows do not fit the room of {} after {}", n, codes_.defined() ? codes_.size(2) : 0, n_);
   n_ += n;
 }
 

@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "core/cache/int8_absmax.h"
 #include "core/cache/token_codec.h"
 #include "core/kernels/int8_kv.h"
 #include "core/kernels/packed_kv.h"
@@ -30,7 +31,14 @@ class FpRows {
     autograd_ = false;
   }
   at::Tensor view() const { return view(0, n_); }
-  at::Tensor view(int64_t t0, int64_t t1) const;  // tokens [t0, t1), a view of the buffer
+  // tokens [t0, t1), a view of the buffer (t1 may reach into the room reserve_more() made)
+  at::Tensor view(int64_t t0, int64_t t1) const;
+  // Graph-replayed runs (KVCachePolicy::plain_steps): room for `more` tokens after the rows, made now
+  // (the rows may move) so that writing them moves nothing; false when the rows cannot take writes
+  // in place (none yet, or kept out of place for training).
+  bool reserve_more(int64_t more);
+  // Counts n tokens that plain steps wrote after the rows (into the reserved room).
+  void grow(int64_t n);
   int64_t elements() const { return buf_.defined() ? n_ * buf_.size(0) * buf_.size(1) * buf_.size(3) : 0; }
 
  private:
@@ -75,10 +83,17 @@ class Int8Store {
   void append(const at::Tensor& x);  // int8 absmax per (b, h, token) row
   void clear() { n_ = 0; }
   kernels::Int8Rows view() const;
+  // Graph-replayed runs (as FpRows): room for `more` rows (false before the first); rows
+  // [tokens(), tokens() + n) as views, where plain steps quantize into; grow() counts the rows they
+  // wrote.
+  bool reserve_more(int64_t more);
+  Int8Block room(int64_t n) const;
+  void grow(int64_t n);
   at::Tensor decode(at::ScalarType dtype, int64_t t0, int64_t t1) const;  // code·scale in fp32, cast
   void account(const std::string& prefix, SegmentTally& t) const;
 
  private:
+  void reserve(int64_t tokens, const at::Tensor& like);
   at::Tensor codes_, scale_;  // [B, H, capacity, D] int8, [B, H, capacity] fp32
   int64_t n_ = 0;
 };

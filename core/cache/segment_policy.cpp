@@ -9,6 +9,7 @@
 
 #include "core/cache/dense_attention.h"
 #include "core/cache/packed_store.h"
+#include "core/kernels/step_rows.h"
 #include "core/common/error.h"
 
 namespace kvx {
@@ -150,6 +151,7 @@ class Int8Body final : public Body {
   at::Tensor decode(at::ScalarType dtype) override { return store_.decode(dtype, 0, store_.tokens()); }
   void account(const std::string& prefix, SegmentTally& t) const override { store_.account(prefix, t); }
   kernels::Int8Rows view() const { return store_.view(); }
+  Int8Store& store() { return store_; }
 
  private:
   Int8Store store_;
@@ -199,8 +201,74 @@ class SegmentsPolicy final : public KVCachePolicy {
     seen_ = 0;
   }
 
+  // Plain steps (KVCachePolicy::plain_steps), over a body the kernels (or on the CPU their
+  // reference) read in place: with Append and RequantizeAll flushes, the steps that store their
+  // token in the residual and flush nothing (the body stays as it is between flushes); with the
+  // Sliding flush of an int8 body, the steps of a full window, each moving the window's oldest token
+  // into the body.
+  int64_t plain_steps(int64_t pos, int64_t want) override {
+    const bool sliding = cfg_.flush == FlushMode::Sliding;
+    if (layers_.empty() || storage_ == Storage::Blocks || (sliding && storage_ != Storage::Int8) ||
+        cfg_.kernel == KernelRequest::DequantThenAttend || info_.n_heads / info_.n_kv_heads > kMaxFusedRows)
+      return 0;
+    if (!fused_ && !(info_.device.is_cpu() && cfg_.kernel == KernelRequest::Auto)) return 0;
+    const Layer& L0 = layers_.front();  // every layer holds the same tokens and flushes with the others
+    if (pos != L0.len)
+      throw error("{} policy: a run of decode steps from position {}, but the cache holds {} tokens", cfg_.name, pos, L0.len);
+    if ((!sliding && !L0.started) || L0.len < cfg_.sink || !kernel_ready(L0)) return 0;
+    if (model_window_ > 0) want = std::min(want, model_window_ - L0.len);
+    int64_t count = 0;
+    if (sliding) {
+      count = L0.resid == cfg_.residual_length && L0.lo == 0 && cfg_.residual_length > 0 ? want : 0;
+    } else {
+      for (int64_t resid = L0.resid, open = L0.open; count < want && !(open && resid + 1 >= cfg_.residual_length); ++count) {
+        ++resid;
+        open = true;
+      }
+    }
+    if (count <= 0) return 0;
+    for (Layer& L : layers_) {
+      if (!kernel_ready(L) || !L.tk.reserve_more(count) || !L.tv.reserve_more(count)) return 0;
+      if (sliding && (!int8_store(*L.k).reserve_more(count) || !int8_store(*L.v).reserve_more(count))) return 0;
+    }
+    for (Layer& L : layers_) {  // where step 0 stores and reads (plain_attend)
+      const int64_t R = L.tk.tokens();
+      L.plain = {L.tk.view(R, R + 1), L.tv.view(R, R + 1), L.tk.view(0, R + 1), L.tv.view(0, R + 1), {}, {}, {}, {}};
+      if (sliding) {
+        L.plain.body_k = static_cast<const Int8Body&>(*L.k).view();
+        L.plain.body_v = static_cast<const Int8Body&>(*L.v).view();
+        L.plain.into_k = int8_store(*L.k).room(1);
+        L.plain.into_v = int8_store(*L.v).room(1);
+      }
+    }
+    run_ = count;
+    return count;
+  }
+
+  void advance(int64_t steps) override {
+    const bool sliding = cfg_.flush == FlushMode::Sliding;
+    for (Layer& L : layers_) {
+      L.tk.grow(steps);
+      L.tv.grow(steps);
+      L.len += steps;
+      if (sliding) {  // the window's oldest tokens went to the body
+        int8_store(*L.k).grow(steps);
+        int8_store(*L.v).grow(steps);
+        L.tk.erase(0, steps);
+        L.tv.erase(0, steps);
+      } else {
+        L.resid += steps;
+        L.open = true;
+      }
+    }
+    seen_ = layers_.front().len;
+    count_plain_paths(steps);
+  }
+
   at::Tensor attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s,
                     const AttentionOptions& opt) override {
+    model_window_ = opt.model_window;
+    if (s.step.defined()) return plain_attend(layer, q, k_new, v_new, s, opt);
     Layer& L = checked_layer(layer, k_new, v_new, s);
     const int64_t n = k_new.size(2);
     const int64_t rows = q.size(1) / k_new.size(1) * n;
@@ -212,40 +280,32 @@ class SegmentsPolicy final : public KVCachePolicy {
                   !window_ok ? "the model's sliding window is shorter than the cache"
                   : training_chunk(k_new, v_new) ? "gradients are recorded (training)"
                                                  : "per-channel key blocks that end inside a group (flush: append)");
-    at::Tensor out;
-    if (fused) {
-      L.tk.append(k_new);
-      L.tv.append(v_new);
-      out = fused_attention(L, q, n, opt.scale);
-    } else {
-      AttnInputs a = inputs(L, k_new, v_new);
+    if (fused) {  // the kernel reads the chunk from the tail
+      push(L, k_new, v_new);
       std::string impl;
-      out = dense_attention(q, a, layer, s, opt, this, impl);
-      const bool has_kernel = storage_ != Storage::Blocks && q.device().is_cpu();
-      note_path(a.n_cached > 0, has_kernel ? "cpu_reference" : "dequant_then_attend", impl);
-      L.tk.append(k_new);
-      L.tv.append(v_new);
+      at::Tensor out = fused_attention(L, q, {L.tk.view(), L.tv.view()}, opt.scale, impl);
+      note_path(L.len > 0, "fused", impl);
+      store(layer, L, n);
+      return out;
     }
-    store(L, n);
-    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+    AttnInputs a = inputs(L, k_new, v_new);
+    std::string impl;
+    at::Tensor out = dense_attention(q, a, layer, s, opt, this, impl);
+    const bool has_kernel = storage_ != Storage::Blocks && q.device().is_cpu();
+    note_path(a.n_cached > 0, has_kernel ? "cpu_reference" : "dequant_then_attend", impl);
+    store(layer, push(L, k_new, v_new), n);
     return out;
   }
 
   void append(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override {
     Layer& L = checked_layer(layer, k_new, v_new, s);
-    L.tk.append(k_new);
-    L.tv.append(v_new);
-    store(L, k_new.size(2));
-    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+    store(layer, push(L, k_new, v_new), k_new.size(2));
   }
 
   AttnInputs update(int layer, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s) override {
     Layer& L = checked_layer(layer, k_new, v_new, s);
     AttnInputs a = inputs(L, k_new, v_new);
-    L.tk.append(k_new);
-    L.tv.append(v_new);
-    store(L, k_new.size(2));
-    if (layer == int(layers_.size()) - 1) seen_ = L.len;
+    store(layer, push(L, k_new, v_new), k_new.size(2));
     return a;
   }
 
@@ -276,6 +336,14 @@ class SegmentsPolicy final : public KVCachePolicy {
     // does not read in place (an unfinished tile or key group), decoded; CUDA-fused layers only
     FpRows tk, tv;
     int64_t lo = 0, resid = 0;
+    // the plain run's step 0 (plain_steps): the tail rows its token goes to, the tail it reads and,
+    // with an int8 body sliding, the body it reads and the rows its flushed token goes to; the run's
+    // step d moves them d rows (whatever advance() did meanwhile)
+    struct {
+      at::Tensor put_k, put_v, tail_k, tail_v;
+      kernels::Int8Rows body_k, body_v;
+      Int8Block into_k, into_v;
+    } plain;
     int64_t len = 0;       // tokens held (= next position)
     bool started = false;  // the body has been created (KVQ "first call" done)
     bool open = false;     // KVQ residual_open
@@ -323,32 +391,76 @@ class SegmentsPolicy final : public KVCachePolicy {
     return storage_ != Storage::Packed || static_cast<const PackedBody&>(*L.k).kernel_tokens() >= 0;
   }
 
-  // The chunk is the tail's last n tokens; returns [B, n, Hq·D] in q's dtype.
-  at::Tensor fused_attention(Layer& L, const at::Tensor& q, int64_t n, double scale) {
+  // Attention of q's n tokens over the sink, the body and `tail` (the chunk its last n tokens) by the
+  // kernels (the CPU reference on the CPU, where the body is all of its tokens: no leftovers);
+  // returns [B, n, Hq·D] in q's dtype.
+  at::Tensor fused_attention(const Layer& L, const at::Tensor& q, const kernels::FpSegment& tail, double scale,
+                             std::string& impl) const {
     const kernels::FpSegment sink{L.sk.view(), L.sv.view()};
-    const kernels::FpSegment tail{L.tk.view(), L.tv.view()};
     at::Tensor o;
-    std::string impl;
     if (storage_ == Storage::Int8) {
       const auto k = static_cast<const Int8Body&>(*L.k).view(), v = static_cast<const Int8Body&>(*L.v).view();
       o = kernels::int8_attention(q, &k, &v, sink, tail, scale);
-      impl = "kvx_int8";
+      impl = q.is_cuda() ? "kvx_int8" : "reference";
     } else {
       const auto& bk = static_cast<const PackedBody&>(*L.k);
       const auto& bv = static_cast<const PackedBody&>(*L.v);
-      const int64_t T = bk.kernel_tokens();
+      const int64_t T = fused_ ? bk.kernel_tokens() : bk.tokens();
       const kernels::PackedBlock k = T > 0 ? bk.view(T) : kernels::PackedBlock{}, v = T > 0 ? bv.view(T) : kernels::PackedBlock{};
       o = kernels::packed_attention(q, T > 0 ? &k : nullptr, T > 0 ? &v : nullptr, sink, tail, scale);
-      impl = T > 0 ? "kvx_packed" : "kvx_dense";
+      impl = !q.is_cuda() ? "reference" : T > 0 ? "kvx_packed" : "kvx_dense";
     }
-    note_path(L.len > 0, "fused", impl);
-    const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3);
+    return layout(q, o);
+  }
+
+  static Int8Store& int8_store(Body& b) { return static_cast<Int8Body&>(b).store(); }
+
+  // A plain step at the run's step d (R the tail's tokens when the run began): the token goes to the
+  // tail's row R + d; the kernels read R + d + 1 tail tokens (Append, RequantizeAll), or (Sliding)
+  // the window's R + 1 from its row d and a body of its first tokens + d, after which window row d
+  // goes to body row tokens + d. The body and the sink stay as they are over the run.
+  at::Tensor plain_attend(int layer, const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const StepInfo& s,
+                          const AttentionOptions& opt) {
+    Layer& L = layers_.at(size_t(layer));
+    const auto& P = L.plain;
+    const int64_t* d = s.step.data_ptr<int64_t>();
+    const kernels::StepGrowth moving{d, 1, 0, run_};
+    kernels::put_rows(P.put_k, P.put_v, k_new, v_new, moving);
+    std::string impl;
+    at::Tensor out;
+    if (cfg_.flush == FlushMode::Sliding) {
+      const kernels::FpSegment sink{L.sk.view(), L.sv.view()}, window{P.tail_k, P.tail_v, moving};
+      kernels::Int8Rows k = P.body_k, v = P.body_v;
+      k.grow = v.grow = {d, 0, 1, run_};
+      out = layout(q, kernels::int8_attention(q, &k, &v, sink, window, opt.scale));
+      impl = q.is_cuda() ? "kvx_int8" : "reference";
+      Int8Block into_k = P.into_k, into_v = P.into_v;
+      int8_quantize_into(P.tail_k.narrow(2, 0, 1), into_k, moving);
+      int8_quantize_into(P.tail_v.narrow(2, 0, 1), into_v, moving);
+    } else {
+      out = fused_attention(L, q, {P.tail_k, P.tail_v, {d, 0, 1, run_}}, opt.scale, impl);
+    }
+    note_plain_path(layer, kernels::attention_path(q), impl);
+    return out;
+  }
+
+  // [B, Hq, n, D] attention output as [B, n, Hq·D] in q's dtype.
+  static at::Tensor layout(const at::Tensor& q, const at::Tensor& o) {
+    const int64_t B = q.size(0), n = q.size(2), Hq = q.size(1), D = q.size(3);
     return at::empty({B, n, Hq, D}, q.options()).copy_(o.transpose(1, 2)).view({B, n, Hq * D});
   }
 
-  // The chunk just appended to the tail (its last n tokens) goes to the sink, the residual or the
+  // The chunk at the tail's end, where store() takes it from.
+  static Layer& push(Layer& L, const at::Tensor& k_new, const at::Tensor& v_new) {
+    L.tk.append(k_new);
+    L.tv.append(v_new);
+    return L;
+  }
+
+  // The chunk just pushed to the tail (its last n tokens) goes to the sink, the residual or the
   // body by the flush rule.
-  void store(Layer& L, int64_t n) {
+  void store(int layer, Layer& L, int64_t n) {
+    if (layer == int(layers_.size()) - 1) seen_ = L.len + n;
     int64_t c0 = L.lo + L.resid;
     const int64_t n_sink = std::clamp<int64_t>(cfg_.sink - L.len, 0, n);
     if (n_sink > 0) {
@@ -413,6 +525,8 @@ class SegmentsPolicy final : public KVCachePolicy {
   bool fused_ = false;
   std::vector<Layer> layers_;
   int64_t seen_ = 0;
+  int64_t model_window_ = -1;  // the model's, as attend() last saw it
+  int64_t run_ = 1;            // the steps of the plain run plain_steps() readied
 };
 
 }  // namespace
@@ -426,12 +540,8 @@ std::string segments_fused_unsupported(const SegmentsConfig& c, const ModelInfo&
   if (st == Storage::Blocks)
     return fmt::format("the codecs ({} / {}) are not stored in the fused kernels' layout (kvq with 2/4/8 bits, float16 "
                        "statistics and per-token values, or selective_int8)", key->name(), value->name());
-  if (!m.device.is_cuda()) return "the fused kernels run on CUDA (this run is on the CPU, which runs their reference)";
-#ifndef KVX_WITH_CUDA
-  return "this kvx build has no CUDA kernels";
-#endif
-  if (m.dtype != at::kHalf && m.dtype != at::kBFloat16)
-    return fmt::format("the model computes in {} (the fused kernels take float16 or bfloat16)", c10::toString(m.dtype));
+  const std::string run = fused_run_unsupported(m);
+  if (!run.empty()) return run;
   if (st == Storage::Int8) return kernels::int8_attention_unsupported(m.head_dim);
   const PackedBody kb(key->format(), true), vb(value->format(), false);
   return kernels::packed_attention_unsupported(kb.config(m.head_dim), vb.config(m.head_dim), m.head_dim);

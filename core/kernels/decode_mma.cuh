@@ -29,6 +29,8 @@ namespace kvx::kernels::cuda {
 // Token r is visible to a query of chunk token qt when r <= causal_base + qt: R - 1 for segments
 // every query sees whole, R - n for one whose last n tokens are the chunk's own. (Outside the unnamed
 // namespace, as SplitOutput.)
+// In a graph-replayed run (packed_kv.h's StepGrowth) the fields describe step 0 and `step` points
+// at the run's step counter: live() moves the segment to the step the kernel runs.
 struct DenseSeg {
   const void* k;
   const void* v;
@@ -36,6 +38,8 @@ struct DenseSeg {
   int R;
   int causal_base;
   bool bf16;
+  const int64_t* step;  // nullptr: fixed
+  int off_rate, len_rate;
 };
 
 namespace {
@@ -58,6 +62,18 @@ inline int split_tokens(int64_t T, int64_t tail, int64_t bh_blocks, int64_t resi
   want = std::max<int64_t>(1, std::min<int64_t>(want, T / (2 * unit)));
   const int64_t tps = (T + want - 1) / want;
   return int((tps + unit - 1) / unit * unit);
+}
+
+// The segment at the step this launch runs (rows of kD 16-bit elements).
+__device__ __forceinline__ DenseSeg live(DenseSeg s) {
+  if (s.step) {
+    const int d = int(*s.step);
+    s.k = static_cast<const uint16_t*>(s.k) + int64_t(s.off_rate) * d * kD;
+    s.v = static_cast<const uint16_t*>(s.v) + int64_t(s.off_rate) * d * kD;
+    s.R += s.len_rate * d;
+    s.causal_base += s.len_rate * d;
+  }
+  return s;
 }
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <utility>
 
 #include "core/kernels/packed_kv.h"
 
@@ -18,9 +19,15 @@ namespace kvx::kernels {
 
 // An int8 body: codes int8 [B, H, N, D] (rows contiguous; a token range of a larger buffer is
 // fine) and scales fp32 [B, H, N] (the token axis contiguous).
+// A body that grows in a graph-replayed run says so in `grow` (packed_kv.h's StepGrowth).
 struct Int8Rows {
+  Int8Rows() = default;
+  Int8Rows(at::Tensor c, at::Tensor s, StepGrowth g = {}) : codes(std::move(c)), scale(std::move(s)), grow(g) {}
   at::Tensor codes, scale;
+  StepGrowth grow;
   int64_t tokens() const { return codes.defined() ? codes.size(2) : 0; }
+  int64_t max_tokens() const { return grow.max_tokens(tokens()); }
+  Int8Rows at_step() const { return grow.step ? Int8Rows{kernels::at_step(codes, grow), kernels::at_step(scale, grow)} : *this; }
 };
 
 // As packed_attention (packed_kv.h) with an int8 body (k, v may be nullptr or empty). Returns

@@ -44,6 +44,8 @@ struct Int8MmaParams {
   const float* vs;
   int64_t ks_bh, vs_bh;
   int N;
+  const int64_t* n_step;  // a graph-replayed run's body (StepGrowth): N + n_rate·d tokens at step d
+  int n_rate;
   DenseSeg tail[2];   // sinks, then the window with the chunk's own tokens (R = 0: absent)
   int tokens_per_split;  // multiple of kFastWarps·kFastTile
   float scale_log2;
@@ -84,8 +86,9 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
 
   const int tpw = p.tokens_per_split / kFastWarps;
   const int wb = blockIdx.x * p.tokens_per_split + warp * tpw;
-  const int we = min(p.N, wb + tpw);
-  const int last = p.N - 1;  // rows past the body's end read its last row (masked, finite)
+  const int N = p.n_step ? p.N + p.n_rate * int(*p.n_step) : p.N;
+  const int we = min(N, wb + tpw);
+  const int last = N - 1;  // rows past the body's end read its last row (masked, finite)
   const uint32_t* kslab = p.k + bh * p.k_bh;
   const uint32_t* vslab = p.v + bh * p.v_bh;
   const float* ksl = p.ks + bh * p.ks_bh;
@@ -176,9 +179,11 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) int8_mma_kernel(const Int8
     int qt[2];
     column_tokens(br, 8, p.chunk, qt);
 #pragma unroll
-    for (int sgi = 0; sgi < 2; ++sgi)
-      for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
-        attend_dense_tile<KP, true>(p.tail[sgi], bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+    for (int sgi = 0; sgi < 2; ++sgi) {
+      const DenseSeg sg = live(p.tail[sgi]);
+      for (int r0 = 0; r0 < sg.R; r0 += kFastTile)
+        attend_dense_tile<KP, true>(sg, bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+    }
   }
   store_split(merge, m_run, cs, acc, br.nvalid, 8, br.row0, blockIdx.x, p.out);
 }
@@ -200,12 +205,11 @@ void check_body(const at::Tensor& x, int64_t B, int64_t Hkv, int64_t N, bool cod
 at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
                           const FpSegment& tail, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t N = k ? k->tokens() : 0;
-  const int64_t Hkv = N > 0 ? k->codes.size(1) : tail.tokens() > 0 ? tail.k.size(1) : sink.tokens() > 0 ? sink.k.size(1) : 0;
-  if (Hkv == 0) throw error("int8 attention: empty cache");
+  // a graph-replayed run's body grows: the splits cover its last step
+  const int64_t N = k ? k->tokens() : 0, N_max = k ? k->max_tokens() : 0;
+  const int64_t Hkv = cache_kv_heads(N_max > 0 ? k->codes.size(1) : 0, sink, tail, q.dim() == 4 ? q.size(2) : 0, "int8 attention");
   const RowGrid rg = row_grid(q, Hkv, 8, "int8 attention");
   const int64_t B = rg.B, n = rg.n;
-  if (tail.tokens() < n) throw error("int8 attention: the window holds {} tokens, fewer than the {} queries' own", tail.tokens(), n);
   const QueryRef qr = query_ref(q);
   Int8MmaParams p{};
   p.q = qr.q.data_ptr();
@@ -219,7 +223,7 @@ at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows
   p.tail[1] = dense_seg(tail, B, Hkv, int(n), "window keys/values");
   if (p.tail[0].R > 0 && p.tail[1].R > 0 && p.tail[0].bf16 != p.tail[1].bf16)
     throw error("int8 attention: sinks and window must share one dtype");
-  if (N > 0) {
+  if (N_max > 0) {
     check_body(k->codes, B, Hkv, N, true, "key codes");
     check_body(v->codes, B, Hkv, N, true, "value codes");
     check_body(k->scale, B, Hkv, N, false, "key scales");
@@ -233,13 +237,15 @@ at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows
     p.ks_bh = k->scale.stride(1);
     p.vs_bh = v->scale.stride(1);
     p.N = int(N);
+    p.n_step = k->grow.step;
+    p.n_rate = int(k->grow.len_rate);
   }
   // no body: one split, whose last warp takes sinks and window
-  const int64_t fp_tokens = p.tail[0].R + p.tail[1].R;
+  const int64_t fp_tokens = sink.max_tokens() + tail.max_tokens();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.tokens_per_split = N > 0 ? split_tokens(N, fp_tokens, rg.blocks_per_split(), int64_t(sms) * resident_blocks(int8_mma_kernel, 0))
-                             : kFastWarps * kFastTile;
-  const int splits = N > 0 ? int((N + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
+  p.tokens_per_split = N_max > 0 ? split_tokens(N_max, fp_tokens, rg.blocks_per_split(), int64_t(sms) * resident_blocks(int8_mma_kernel, 0))
+                                 : kFastWarps * kFastTile;
+  const int splits = N_max > 0 ? int((N_max + p.tokens_per_split - 1) / p.tokens_per_split) : 1;
   return launch_split_k(int8_mma_kernel, p, rg, splits, 0, q.device(), at::cuda::getCurrentCUDAStream());
 }
 

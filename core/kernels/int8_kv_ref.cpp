@@ -14,12 +14,13 @@ at::Tensor int8_dequantize(const Int8Rows& r) {
   return r.codes.to(at::kCPU, at::kFloat) * r.scale.to(at::kCPU, at::kFloat).unsqueeze(3);
 }
 
-at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink,
-                          const FpSegment& tail, double scale) {
+at::Tensor int8_attention(const at::Tensor& q, const Int8Rows* k, const Int8Rows* v, const FpSegment& sink_in,
+                          const FpSegment& tail_in, double scale) {
+  const FpSegment sink = sink_in.at_step(), tail = tail_in.at_step();
   std::vector<at::Tensor> ks{sink.k}, vs{sink.v};
-  if (k && k->tokens() > 0) {
-    ks.push_back(int8_dequantize(*k));
-    vs.push_back(int8_dequantize(*v));
+  if (k && k->max_tokens() > 0) {
+    ks.push_back(int8_dequantize(k->at_step()));
+    vs.push_back(int8_dequantize(v->at_step()));
   }
   ks.push_back(tail.k);
   vs.push_back(tail.v);

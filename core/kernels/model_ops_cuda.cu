@@ -53,10 +53,11 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w
 // One thread per output element of x [B, H, T, D] (strides sx), out contiguous.
 template <typename T>
 __global__ void rope_kernel(const T* __restrict__ x, int64_t sb, int64_t sh, int64_t st, int H, int Tn, int D,
-                            const float* __restrict__ cos, const float* __restrict__ sin, int64_t pos0, int64_t n,
-                            T* __restrict__ out) {
+                            const float* __restrict__ cos, const float* __restrict__ sin, int64_t pos0,
+                            const int64_t* __restrict__ step, int64_t n, T* __restrict__ out) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
+  if (step) pos0 += *step;
   const int d = int(i % D);
   const int64_t rest = i / D;
   const int t = int(rest % Tn), h = int((rest / Tn) % H);
@@ -115,7 +116,7 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) 
   return out;
 }
 
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0) {
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t pos0, const int64_t* step) {
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.dim() != 4 || x.stride(3) != 1 || cos.scalar_type() != at::kFloat || !cos.is_contiguous() || !sin.is_contiguous())
     throw error("rope: expected x [B, H, T, D] with contiguous rows and fp32 contiguous tables");
@@ -128,7 +129,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     using TT = std::remove_pointer_t<decltype(tag)>;
     rope_kernel<TT><<<blocks(n, 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
         ptr<TT>(x), x.stride(0), x.stride(1), x.stride(2), int(H), int(T), int(D), cos.data_ptr<float>(), sin.data_ptr<float>(),
-        pos0, n, mptr<TT>(out));
+        pos0, step, n, mptr<TT>(out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -462,9 +462,11 @@ __global__ void __launch_bounds__(kFastWarps * 32, 4) packed_attention_kernel(co
     int qt[2];
     column_tokens(br, nh, p.chunk, qt);
 #pragma unroll
-    for (int sgi = 0; sgi < 2; ++sgi)
-      for (int r0 = 0; r0 < p.tail[sgi].R; r0 += kFastTile)
-        attend_dense_tile<NaturalPair, FOLD>(p.tail[sgi], bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+    for (int sgi = 0; sgi < 2; ++sgi) {
+      const DenseSeg sg = live(p.tail[sgi]);
+      for (int r0 = 0; r0 < sg.R; r0 += kFastTile)
+        attend_dense_tile<NaturalPair, FOLD>(sg, bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+    }
   }
   if constexpr (FOLD) {  // + Σ P·min
 #pragma unroll

@@ -23,7 +23,9 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvx::kernels {
@@ -61,9 +63,33 @@ at::Tensor dequantize(const PackedBlock& b, at::ScalarType dtype, int64_t t0 = 0
 // A full-precision segment of an attention call: keys and values [B, Hkv, R, D] (float16 or
 // bfloat16 on CUDA, rows contiguous; a token range of a larger buffer is fine). R = 0 or undefined:
 // absent.
+//
+// Graph-replayed decode (core/model/decode_steps.h) replays one captured step at every step of a
+// run, so a segment that grows or slides from step to step reads where it lies at run time, from
+// the step counter d (int64 on the tensors' device: the steps of the run done so far): at step d it
+// starts off_rate·d tokens after its tensors' first token and holds tokens() + len_rate·d tokens.
+// Its tensors describe step 0 and lie in buffers that hold the run's last step (its policy reserved
+// them). step == nullptr: the tensors are the segment.
+struct StepGrowth {
+  const int64_t* step = nullptr;
+  int64_t off_rate = 0, len_rate = 0;
+  int64_t steps = 1;  // the run's steps
+  // The most tokens over the run's steps, from `tokens` at step 0.
+  int64_t max_tokens(int64_t tokens) const { return step ? tokens + std::max<int64_t>(0, len_rate * (steps - 1)) : tokens; }
+};
+// The token range [t0 + off_rate·d, + tokens + len_rate·d) of x ([B, H, T, D] or [B, H, T]: a view of
+// its buffer, which must hold the range) at the counter's value d, read on the host: CPU counters
+// (the references' segments).
+at::Tensor at_step(const at::Tensor& x, const StepGrowth& g);
+
 struct FpSegment {
+  FpSegment() = default;
+  FpSegment(at::Tensor k_, at::Tensor v_, StepGrowth g = {}) : k(std::move(k_)), v(std::move(v_)), grow(g) {}
   at::Tensor k, v;
+  StepGrowth grow;
   int64_t tokens() const { return k.defined() ? k.size(2) : 0; }
+  int64_t max_tokens() const { return grow.max_tokens(tokens()); }
+  FpSegment at_step() const { return grow.step ? FpSegment{kernels::at_step(k, grow), kernels::at_step(v, grow)} : *this; }
 };
 
 // Attention of the queries of n consecutive new tokens over a cache [sink | packed body | tail]:

@@ -187,11 +187,13 @@ __global__ void __launch_bounds__(kFastWarps * 32) dense_attention_kernel(const 
   float m_run[2] = {-INFINITY, -INFINITY};
   float acc[8][4] = {};
   ColumnSums cs;
-  if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1)
-    for (int r0 = 0; r0 < p.seg[0].R; r0 += kFastTile)
-      attend_dense_tile<NaturalPair, false>(p.seg[0], bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+  if (blockIdx.x == gridDim.x - 1 && warp == kFastWarps - 1) {
+    const DenseSeg sink = live(p.seg[0]);
+    for (int r0 = 0; r0 < sink.R; r0 += kFastTile)
+      attend_dense_tile<NaturalPair, false>(sink, bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
+  }
   const int tpw = p.tokens_per_split / kFastWarps, r_begin = blockIdx.x * p.tokens_per_split + warp * tpw;
-  DenseSeg kv = p.seg[1];
+  DenseSeg kv = live(p.seg[1]);
   kv.R = min(kv.R, r_begin + tpw);  // attend_dense_tile masks tokens from R on
   for (int r0 = r_begin; r0 < kv.R; r0 += kFastTile)
     attend_dense_tile<NaturalPair, false>(kv, bh, r0, qf, qt, p.scale_log2, m_run, cs, acc);
@@ -258,10 +260,8 @@ at::Tensor packed_attention(const at::Tensor& q, const PackedBlock* k, const Pac
                             const FpSegment& tail, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t Tq = k ? k->tokens() : 0;
-  const int64_t Hkv = Tq > 0 ? k->codes.size(1) : tail.tokens() > 0 ? tail.k.size(1) : sink.tokens() > 0 ? sink.k.size(1) : 0;
-  if (Hkv == 0) throw error("fused attention: empty cache");
   const int64_t B = q.size(0), n = q.dim() == 4 ? q.size(2) : 0;
-  if (tail.tokens() < n) throw error("fused attention: the tail holds {} tokens, fewer than the {} queries' own", tail.tokens(), n);
+  const int64_t Hkv = cache_kv_heads(Tq > 0 ? k->codes.size(1) : 0, sink, tail, n, "fused attention");
   const QueryRef qr = query_ref(q);
   auto st = at::cuda::getCurrentCUDAStream();
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -272,8 +272,10 @@ at::Tensor packed_attention(const at::Tensor& q, const PackedBlock* k, const Pac
     DenseParams p{qr.q.data_ptr(), qr.type, int(Hkv), rg.rows, rg.qgroups, int(n),
                   {dense_seg(sink, B, Hkv, 0, "sink keys/values"), dense_seg(tail, B, Hkv, int(n), "tail keys/values")},
                   0, scale_log2, {}};
-    p.tokens_per_split = split_tokens(p.seg[1].R, p.seg[0].R, rg.blocks_per_split(), sms * resident_blocks(dense_attention_kernel, 0));
-    const int splits = (p.seg[1].R + p.tokens_per_split - 1) / p.tokens_per_split;
+    // a graph-replayed run's splits cover its last step
+    const int64_t R = tail.max_tokens();
+    p.tokens_per_split = split_tokens(R, sink.max_tokens(), rg.blocks_per_split(), sms * resident_blocks(dense_attention_kernel, 0));
+    const int splits = int((R + p.tokens_per_split - 1) / p.tokens_per_split);
     return launch_split_k(dense_attention_kernel, p, rg, splits, 0, q.device(), st);
   }
 
@@ -333,7 +335,7 @@ at::Tensor packed_attention(const at::Tensor& q, const PackedBlock* k, const Pac
   p.T = int(Tq);
   p.tail[0] = dense_seg(sink, B, Hkv, 0, "sink keys/values");
   p.tail[1] = dense_seg(tail, B, Hkv, int(n), "tail keys/values");
-  p.tokens_per_split = split_tokens(Tq, p.tail[0].R + p.tail[1].R, rg.blocks_per_split(), sms * resident_blocks(kernel, smem));
+  p.tokens_per_split = split_tokens(Tq, sink.max_tokens() + tail.max_tokens(), rg.blocks_per_split(), sms * resident_blocks(kernel, smem));
   p.scale_log2 = scale_log2;
   const int splits = int((Tq + p.tokens_per_split - 1) / p.tokens_per_split);
   return launch_split_k(kernel, p, rg, splits, smem, q.device(), st);

@@ -15,6 +15,15 @@ int64_t tensor_bytes(const at::Tensor& t) { return t.defined() ? t.numel() * int
 
 int64_t PackedBlock::bytes() const { return tensor_bytes(codes) + tensor_bytes(scale) + tensor_bytes(minv); }
 
+at::Tensor at_step(const at::Tensor& x, const StepGrowth& g) {
+  if (!g.step || !x.defined()) return x;
+  if (!x.device().is_cpu()) throw error("at_step: a segment on {} moves with a counter the device reads", x.device().str());
+  const int64_t d = *g.step;
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes[2] += g.len_rate * d;
+  return x.as_strided(sizes, x.strides(), x.storage_offset() + g.off_rate * d * x.stride(2));
+}
+
 namespace {
 
 void check_config(int64_t D, int bits, int group, bool per_channel, bool key_layout, const char* who) {
@@ -188,8 +197,9 @@ at::Tensor attend_parts(const at::Tensor& q_in, const std::vector<at::Tensor>& k
   return at::matmul(at::softmax(s, -1), V).view({B, Hq, n, D});
 }
 
-at::Tensor packed_attention(const at::Tensor& q, const PackedBlock* k, const PackedBlock* v, const FpSegment& sink,
-                            const FpSegment& tail, double scale) {
+at::Tensor packed_attention(const at::Tensor& q, const PackedBlock* k, const PackedBlock* v, const FpSegment& sink_in,
+                            const FpSegment& tail_in, double scale) {
+  const FpSegment sink = sink_in.at_step(), tail = tail_in.at_step();
   std::vector<at::Tensor> ks{sink.k}, vs{sink.v};
   if (k && k->tokens() > 0) {
     ks.push_back(ref::dequantize(*k, at::kFloat));

@@ -32,6 +32,15 @@ inline QueryRef query_ref(const at::Tensor& q) {
   return r;
 }
 
+// KV heads of a cache [sink | body | tail] (from the first part that holds tokens; body_heads 0 when
+// the body is empty), checking that the tail holds the n queries' own tokens.
+inline int64_t cache_kv_heads(int64_t body_heads, const FpSegment& sink, const FpSegment& tail, int64_t n, const char* who) {
+  const int64_t Hkv = body_heads > 0 ? body_heads : tail.tokens() > 0 ? tail.k.size(1) : sink.tokens() > 0 ? sink.k.size(1) : 0;
+  if (Hkv == 0) throw error("{}: empty cache", who);
+  if (tail.tokens() < n) throw error("{}: the tail holds {} tokens, fewer than the {} queries' own", who, tail.tokens(), n);
+  return Hkv;
+}
+
 // The launch geometry of queries [B, Hq, n, kD] over Hkv KV heads: rows per KV head (GQA heads x
 // chunk tokens), nh rows per block, the row groups per KV head.
 struct RowGrid {
@@ -55,7 +64,7 @@ inline RowGrid row_grid(const at::Tensor& q, int64_t Hkv, int nh, const char* wh
 // queries' own.
 DenseSeg dense_seg(const FpSegment& s, int64_t B, int64_t Hkv, int chunk, const char* what) {
   const int64_t R = s.tokens();
-  if (R == 0) return DenseSeg{nullptr, nullptr, 0, 0, 0, -1, false};
+  if (s.max_tokens() == 0) return DenseSeg{nullptr, nullptr, 0, 0, 0, -1, false, nullptr, 0, 0};
   for (const at::Tensor* x : {&s.k, &s.v})
     if (x->dim() != 4 || x->size(0) != B || x->size(1) != Hkv || x->size(2) != R || x->size(3) != kD ||
         x->stride(3) != 1 || x->stride(2) != kD || x->stride(0) != x->size(1) * x->stride(1) ||
@@ -63,8 +72,10 @@ DenseSeg dense_seg(const FpSegment& s, int64_t B, int64_t Hkv, int chunk, const 
       throw error("fused attention: {} must be [{}, {}, {}, {}] with contiguous 16-byte-aligned rows", what, B, Hkv, R, kD);
   if (s.k.scalar_type() != s.v.scalar_type() || (s.k.scalar_type() != at::kHalf && s.k.scalar_type() != at::kBFloat16))
     throw error("fused attention: {} must be float16 or bfloat16, keys and values alike", what);
-  return DenseSeg{s.k.data_ptr(), s.v.data_ptr(), s.k.stride(1), s.v.stride(1), int(R), int(R - chunk),
-                  s.k.scalar_type() == at::kBFloat16};
+  return DenseSeg{s.k.data_ptr(),        s.v.data_ptr(),           s.k.stride(1),
+                  s.v.stride(1),         int(R),                   int(R - chunk),
+                  s.k.scalar_type() == at::kBFloat16, s.grow.step, int(s.grow.off_rate),
+                  int(s.grow.len_rate)};
 }
 
 // Resident blocks per SM of kernel f with smem bytes of dynamic shared memory (cached per kernel,

@@ -2,6 +2,7 @@
 // policy, SwiGLU MLP. q/k/v and gate/up projections are fused at load (one matmul each).
 #include <c10/core/InferenceMode.h>
 
+#include <limits>
 #include <optional>
 
 #include "core/common/error.h"
@@ -53,7 +54,27 @@ class LlamaModel final : public CausalLM {
     opt_.model_window = cfg.sliding_window;
   }
 
-  at::Tensor forward(const at::Tensor& ids_in, int64_t pos0, KVCachePolicy& cache) override {
+  at::Tensor forward(const at::Tensor& ids, int64_t pos0, KVCachePolicy& cache) override {
+    return run(ids, pos0, at::Tensor(), cache);
+  }
+
+  // Plain steps read their position from the counter: on CUDA in the fused RoPE (inside its table),
+  // on the CPU on the host; on one device, and not while training.
+  int64_t max_step_position() const override {
+    if (split() || training_) return -1;
+    if (device_.is_cpu()) return std::numeric_limits<int64_t>::max();
+    return kernels::fused_model_ops(embed_) ? rope_->table_positions() : -1;
+  }
+
+  at::Tensor forward_step(const at::Tensor& ids, int64_t pos0, const at::Tensor& step, KVCachePolicy& cache) override {
+    if (ids.dim() != 2 || ids.size(1) != 1) throw error("forward_step: ids must be [B, 1] (one token per sequence)");
+    if (!step.defined() || step.numel() != 1 || step.scalar_type() != at::kLong || step.device() != device_)
+      throw error("forward_step: the step counter must be one int64 on {}", device_.str());
+    return run(ids, pos0, step, cache);
+  }
+
+ private:
+  at::Tensor run(const at::Tensor& ids_in, int64_t pos0, const at::Tensor& counter, KVCachePolicy& cache) {
     std::optional<c10::InferenceMode> guard;  // training: autograd as the caller's grad mode says
     if (!training_) guard.emplace();
     if (pos0 < 0) throw error("forward: pos0 must be >= 0, got {}", pos0);
@@ -64,6 +85,7 @@ class LlamaModel final : public CausalLM {
     step.pos0 = pos0;
     step.n_new = T;
     step.rope = rope_.get();
+    step.step = counter;
     at::Tensor x = at::embedding(embed_, ids);  // [B, T, H]
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
       const Layer& L = layers_[l];
@@ -75,8 +97,8 @@ class LlamaModel final : public CausalLM {
       at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
       at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
-      q = rope(*step.rope, q, pos0);
-      k = rope(*step.rope, k, pos0).contiguous();
+      q = rope(*step.rope, q, pos0, counter);
+      k = rope(*step.rope, k, pos0, counter).contiguous();
       at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt_);
       x = residual_linear(x, a, L.wo, L.bo);
       at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
@@ -87,6 +109,8 @@ class LlamaModel final : public CausalLM {
     return at::linear(rms_norm(x, norm_), head_).to(at::kFloat);
   }
 
+
+ public:
   void enable_training() override {
     if (training_) return;
     for (at::Tensor* w : weights()) *w = trainable_copy(*w);
@@ -158,11 +182,15 @@ class LlamaModel final : public CausalLM {
     xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + cfg_.norm_eps);
     return w * xf.to(x.scalar_type());
   }
-  at::Tensor rope(const Rope& r, const at::Tensor& x, int64_t pos0) const {
+  // counter: a plain step's (forward_step), added to pos0 on the device (on the CPU read here).
+  at::Tensor rope(const Rope& r, const at::Tensor& x, int64_t pos0, const at::Tensor& counter) const {
 #ifdef KVX_WITH_CUDA
+    if (fused(x) && counter.defined())
+      return kernels::cuda::rope(x, r.cos_table(), r.sin_table(), pos0, counter.data_ptr<int64_t>());
     if (fused(x) && pos0 + x.size(2) <= r.table_positions()) return kernels::cuda::rope(x, r.cos_table(), r.sin_table(), pos0);
 #endif
-    return r.apply_range(x, pos0);
+    if (counter.defined() && !counter.is_cpu()) throw error("rope: a step counter on {} without the fused kernels", counter.device().str());
+    return r.apply_range(x, pos0 + (counter.defined() ? counter.item<int64_t>() : 0));
   }
   at::Tensor silu_mul(const at::Tensor& gu, int64_t I) const {
 #ifdef KVX_WITH_CUDA

@@ -35,6 +35,12 @@ void CausalLM::make_split_ropes(int64_t head_dim, const RopeConfig& cfg, int64_t
 
 CausalLM::~CausalLM() = default;
 
+at::Tensor CausalLM::device_ids(const at::Tensor& ids) const { return detail::check_ids(ids, cfg_.vocab_size, device_); }
+
+at::Tensor CausalLM::forward_step(const at::Tensor&, int64_t, const at::Tensor&, KVCachePolicy&) {
+  throw error("forward_step: {} has no graph-replayed decode steps", path_);
+}
+
 ModelInfo CausalLM::info() const {
   ModelInfo m;
   m.n_layers = cfg_.n_layers;

@@ -34,6 +34,16 @@ class CausalLM {
   // policy's paths()). Returns [B, T, V] fp32.
   virtual at::Tensor forward(const at::Tensor& ids, int64_t pos0, KVCachePolicy& cache) = 0;
 
+  // A one-token plain step of a graph-replayed run (KVCachePolicy::plain_steps, decode_steps.h):
+  // forward() at position pos0 + d, d the run's step counter `step` (int64 [1] on the model's
+  // device) read by the kernels at run time, so that one captured call replays at every step of the
+  // run (steps up to max_step_position()). Models without it never get the call (the default: -1).
+  virtual int64_t max_step_position() const { return -1; }
+  // Token ids [B, T] checked against the vocabulary (on the host) and moved to the model's device:
+  // a sequence uploaded once and fed in slices.
+  at::Tensor device_ids(const at::Tensor& ids) const;
+  virtual at::Tensor forward_step(const at::Tensor& ids, int64_t pos0, const at::Tensor& step, KVCachePolicy& cache);
+
   // Training (kvx train). enable_training() replaces every weight by a leaf tensor with
   // requires_grad (tied heads stay tied) and makes forward() record autograd instead of running
   // under InferenceMode; a model on which it is never called runs exactly as before.
