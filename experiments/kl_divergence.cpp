@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 
 #include "core/common/error.h"
@@ -79,19 +80,21 @@ class ReferenceCache {
     static ReferenceCache c;
     return c;
   }
-  at::Tensor get(const std::string& key) {
+  // dir: the folder of the files (JobContext::shared_dir; $KVX_REFERENCE_CACHE overrides it); empty:
+  // memory only.
+  at::Tensor get(const std::string& key, const std::string& dir) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (const auto& e : mem_)
         if (e.first == key) return e.second;
     }
-    at::Tensor t = read_disk(key);
+    at::Tensor t = read_disk(disk_path(key, dir));
     if (t.defined()) put_mem(key, t);
     return t;
   }
-  void put(const std::string& key, const at::Tensor& t) {
+  void put(const std::string& key, const at::Tensor& t, const std::string& dir) {
     put_mem(key, t);
-    write_disk(key, t);
+    write_disk(disk_path(key, dir), t);
   }
 
  private:
@@ -106,15 +109,17 @@ class ReferenceCache {
       mem_.pop_front();
     }
   }
-  static std::string disk_path(const std::string& key) {
-    const char* dir = std::getenv("KVX_REFERENCE_CACHE");
-    if (!dir || !*dir) return {};
-    return std::string(dir) + "/kl-ref-" + sha256_hex(key) + ".f32";
+  static std::string disk_path(const std::string& key, const std::string& dir) {
+    const char* env = std::getenv("KVX_REFERENCE_CACHE");
+    const std::string d = env && *env ? std::string(env) : dir;
+    if (d.empty()) return {};
+    std::error_code ec;
+    std::filesystem::create_directories(d, ec);
+    return d + "/kl-ref-" + sha256_hex(key) + ".f32";
   }
   // File: int64 rows, int64 cols, then rows·cols float32 (host byte order; a cache, not an
   // exchange format).
-  static at::Tensor read_disk(const std::string& key) {
-    const std::string path = disk_path(key);
+  static at::Tensor read_disk(const std::string& path) {
     if (path.empty()) return {};
     FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) return {};
@@ -127,8 +132,7 @@ class ReferenceCache {
     std::fclose(f);
     return t;
   }
-  static void write_disk(const std::string& key, const at::Tensor& t) {
-    const std::string path = disk_path(key);
+  static void write_disk(const std::string& path, const at::Tensor& t) {
     if (path.empty()) return;
     // Write then rename, so a concurrent reader never sees half a file.
     const std::string tmp = path + ".tmp" + std::to_string(reinterpret_cast<uintptr_t>(&t));
@@ -141,7 +145,7 @@ class ReferenceCache {
     ok = std::fclose(f) == 0 && ok;
     if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
       std::remove(tmp.c_str());
-      throw error("KVX_REFERENCE_CACHE: cannot write '{}'", path);
+      throw error("kl_divergence reference cache: cannot write '{}'", path);
     }
   }
 
@@ -150,15 +154,20 @@ class ReferenceCache {
   int64_t bytes_ = 0;
 };
 
-// Logits of positions [from, len-1) of one window, fed in chunks through `policy`.
-at::Tensor window_logits(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t len, int64_t chunk,
-                         int64_t from) {
+// Logits [nb, len - 1 - from, V] on the CPU of positions [from, len - 1) of nb windows of len tokens
+// fed together in chunks through `policy` (reset for nb sequences).
+at::Tensor windows_logits(CausalLM& model, KVCachePolicy& policy, const std::vector<const int32_t*>& rows, int64_t len,
+                             int64_t chunk, int64_t from) {
+  const int64_t nb = int64_t(rows.size());
+  at::Tensor ids = at::empty({nb, len}, at::kLong);
+  for (int64_t b = 0; b < nb; ++b) ids[b].copy_(ids_tensor(rows[size_t(b)], len)[0]);
+  policy.reset(model.info(), nb);
   std::vector<at::Tensor> parts;
-  feed_chunks(model, policy, ids, len, chunk, [&](int64_t off, const at::Tensor& logits) {
-    const int64_t lo = std::max(from, off), hi = std::min(len - 1, off + logits.size(0));
-    if (hi > lo) parts.push_back(logits.narrow(0, lo - off, hi - lo).clone());  // stays on the device: no wait per chunk
+  feed_rows(model, policy, ids, 0, chunk, [&](int64_t off, const at::Tensor& logits) {
+    const int64_t lo = std::max(from, off), hi = std::min(len - 1, off + logits.size(1));
+    if (hi > lo) parts.push_back(logits.narrow(1, lo - off, hi - lo).clone());  // stays on the device: no wait per chunk
   });
-  return at::cat(parts, 0).cpu();
+  return at::cat(parts, 1).cpu();
 }
 
 std::vector<ParamSpec> kl_params() {
@@ -168,6 +177,7 @@ std::vector<ParamSpec> kl_params() {
       {"chunk", ParamType::Int, 32, 1, 1 << 20, {}, "tokens per forward call (1 = token-by-token decoding)"},
       {"max_windows", ParamType::Int, 4, 0, 1 << 30, {}, "windows evaluated (0 = all)"},
       {"warmup", ParamType::Int, 0, 0, 1 << 20, {}, "positions of each window not scored"},
+      kBatchParam,
   };
   for (auto& d : dataset_params()) p.push_back(d);
   return p;
@@ -188,8 +198,9 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
 
   auto method = make_policy(job.at("method"));
   auto reference = make_full_precision_policy();
-  // Everything the reference logits depend on; the method is deliberately absent.
+  // Everything the reference logits depend on; the method (and the batch) deliberately absent.
   nlohmann::json ref_id = P;
+  ref_id.erase("batch");
   ref_id["model"] = job.at("model").value("hash", job.at("model").value("path", std::string()));
   ref_id["dtype"] = job.at("model").value("dtype", std::string("float32"));
   ref_id["device"] = ctx.device;
@@ -197,24 +208,42 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
 
   KlAccumulator acc;
   KvMemoryPeak mem;
-  int64_t ref_reused = 0;
-  for (size_t w = 0; w < windows.size(); ++w) {
-    check_cancel(ctx, double(w) / windows.size());
-    const int32_t* ids = tokens->data() + windows[w].begin;
-    const int64_t len = windows[w].len;
-    ref_id["window"] = w;
-    const std::string key = ref_id.dump();
-    at::Tensor ref = ReferenceCache::instance().get(key);
-    if (ref.defined()) {
-      ++ref_reused;
-    } else {
-      ref = at::log_softmax(window_logits(*jm.model, *reference, ids, len, chunk, warmup), -1);
-      ReferenceCache::instance().put(key, ref);
+  int64_t ref_reused = 0, ref_forwards = 0;
+  // Windows go through the model `batch` at a time, each with the numbers it gets alone; the
+  // reference runs only for the windows it has not computed before.
+  const int64_t batch = method_batches(job.at("method")) ? protocol_batch(P, *jm.model, seq_len, chunk) : 1;
+  for (size_t w0 = 0; w0 < windows.size(); w0 += size_t(batch)) {
+    check_cancel(ctx, double(w0) / windows.size());
+    const size_t nb = std::min(size_t(batch), windows.size() - w0);
+    const int64_t len = seq_len;
+    std::vector<const int32_t*> rows, missing_rows;
+    std::vector<std::string> keys;
+    std::vector<at::Tensor> refs;
+    std::vector<size_t> missing;
+    for (size_t b = 0; b < nb; ++b) {
+      rows.push_back(tokens->data() + windows[w0 + b].begin);
+      ref_id["window"] = w0 + b;
+      keys.push_back(ref_id.dump());
+      refs.push_back(ReferenceCache::instance().get(keys.back(), ctx.shared_dir));
+      if (refs.back().defined()) {
+        ++ref_reused;
+      } else {
+        missing.push_back(b);
+        missing_rows.push_back(rows.back());
+      }
     }
-    at::Tensor got = window_logits(*jm.model, *method, ids, len, chunk, warmup);
-    mem.sample(*method, *jm.model);
-    at::Tensor targets = ids_tensor(ids + warmup + 1, len - 1 - warmup)[0];
-    acc.add(ref, got, targets);
+    if (!missing.empty()) {
+      const at::Tensor fresh = at::log_softmax(windows_logits(*jm.model, *reference, missing_rows, len, chunk, warmup), -1);
+      for (size_t i = 0; i < missing.size(); ++i) {
+        refs[missing[i]] = fresh[int64_t(i)].contiguous();
+        ReferenceCache::instance().put(keys[missing[i]], refs[missing[i]], ctx.shared_dir);
+      }
+      ref_forwards += int64_t(missing.size());
+    }
+    const at::Tensor got = windows_logits(*jm.model, *method, rows, len, chunk, warmup);
+    mem.sample(*method, *jm.model, int64_t(nb));
+    for (size_t b = 0; b < nb; ++b)
+      acc.add(refs[b], got[int64_t(b)], ids_tensor(rows[b] + warmup + 1, len - 1 - warmup)[0]);
   }
   check_cancel(ctx, 1.0);
   nlohmann::json m;
@@ -222,6 +251,9 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
   mem.write(m);
   m["windows"] = int64_t(windows.size());
   m["reference_windows_reused"] = ref_reused;
+  m["reference_windows_computed"] = ref_forwards;
+  m["batch"] = batch;
+  if (batch < pint(P, "batch")) m["batch_note"] = "the method keeps state across sequences: its windows ran one at a time";
   write_paths(m, method->paths());
   m["policy"] = method->name();
   return m;

@@ -6,8 +6,11 @@
 // kl_median, kl_p99, kl_max, top1_agreement (argmax p == argmax q), rms_dp (RMS of
 // q(next) - p(next) for the actual next token), ppl, ppl_ref, ppl_ratio, plus KV memory.
 // The reference log-probabilities are computed with make_full_precision_policy() on the same
-// model object in the same job and kept per window in memory (and on disk under
-// $KVX_REFERENCE_CACHE when set) so that a sweep computes them once per worker.
+// model object in the same job and kept per window in memory and on disk (float32 files in the
+// sweep's shared folder beside the database, or $KVX_REFERENCE_CACHE), keyed by everything they
+// depend on (model, dtype, device, dataset, the protocol's parameters but `batch`, the window), so
+// that a sweep computes them once whatever the number of workers; rows count the windows computed
+// and reused (reference_windows_computed, reference_windows_reused).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>

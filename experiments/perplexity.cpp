@@ -28,6 +28,7 @@ std::vector<ParamSpec> perplexity_params() {
       {"chunk", ParamType::Int, 32, 1, 1e9, {}, "tokens per forward call; 1 = token-by-token decoding"},
       {"warmup", ParamType::Int, 0, 0, 1e9, {}, "window positions < warmup are fed but not scored"},
       {"max_windows", ParamType::Int, 0, 0, 1e12, {}, "evaluate only the first N windows; 0 = all"},
+      kBatchParam,
       {"add_bos", ParamType::Bool, false, -1e300, 1e300, {}, "start every window with the BOS token"},
       {"profile", ParamType::Bool, false, -1e300, 1e300, {},
        "record per-phase timings (prof_*: cache policy with its attention, projections+MLP, rest; synchronizes CUDA)"},
@@ -78,6 +79,7 @@ nlohmann::json run_perplexity(const nlohmann::json& job, JobContext& ctx) {
   o.add_bos = pbool(p, "add_bos");
   o.profile = pbool(p, "profile");
   o.bos_id = tok->bos_id();
+  o.batch = protocol_batch(p, *model, o.seq_len, o.chunk);
   const nlohmann::json method = job.contains("method") ? job["method"] : resolve_method(parse_method_shorthand("none"));
   auto m = perplexity_over_tokens(*model, *ids, o, method, &ctx);
   m["dataset_tokens"] = int64_t(ids->size());
@@ -116,11 +118,22 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   double prefill_s = 0, decode_s = 0;
   const auto t0 = std::chrono::steady_clock::now();
 
-  for (size_t w = 0; w < windows.size(); ++w) {
-    if (ctx) check_cancel(*ctx, double(w) / double(windows.size()));
-    if (o.add_bos) win[0] = o.bos_id;
-    std::copy(ids.begin() + windows[w].begin, ids.begin() + windows[w].begin + text_len, win.begin() + bos);
-    const int64_t first_scored = std::max<int64_t>({1, o.warmup, w > 0 ? fresh_from : 0});
+  // Windows go through the model `batch` at a time (one cache policy of `nb` sequences); each
+  // window's numbers are the ones it gets alone, and they are summed in window order.
+  const int64_t batch = method_batches(method) ? std::max<int64_t>(1, o.batch) : 1;
+  const auto dopt = at::TensorOptions().device(model.device()).dtype(at::kDouble);
+  for (size_t w0 = 0; w0 < windows.size(); w0 += size_t(batch)) {
+    if (ctx) check_cancel(*ctx, double(w0) / double(windows.size()));
+    const int64_t nb = std::min<int64_t>(batch, int64_t(windows.size() - w0));
+    at::Tensor host = at::empty({nb, o.seq_len}, at::kLong);
+    std::vector<int64_t> first_scored(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) {
+      const size_t w = w0 + size_t(b);
+      if (o.add_bos) win[0] = o.bos_id;
+      std::copy(ids.begin() + windows[w].begin, ids.begin() + windows[w].begin + text_len, win.begin() + bos);
+      host[b].copy_(ids_tensor(win.data(), o.seq_len)[0]);
+      first_scored[size_t(b)] = std::max<int64_t>({1, o.warmup, w > 0 ? fresh_from : 0});
+    }
     std::unique_ptr<KVCachePolicy> policy = make_policy(method);
     const KVCachePolicy& method_policy = *policy;  // unwrapped, for the QAQ-only figures below
     TimedPolicy* timed = nullptr;
@@ -129,56 +142,70 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       timed = t.get();
       policy = std::move(t);
     }
-    policy->reset(info, 1);
-    // The window's NLL and its first non-finite logits row accumulate on the device and are read
-    // once, after the window: no host round trip per chunk (token-by-token feeding included).
-    const auto dopt = at::TensorOptions().device(model.device()).dtype(at::kDouble);
-    at::Tensor nll_w = at::zeros({}, dopt), bad_w = at::full({}, INFINITY, dopt);
-    const at::Tensor win_ids = model.device_ids(ids_tensor(win.data(), o.seq_len));  // one upload per window
+    policy->reset(info, nb);
+    // The windows' NLL and their first non-finite logits rows accumulate on the device and are read
+    // once, after the batch: no host round trip per chunk (token-by-token feeding included).
+    at::Tensor nll_w = at::zeros({nb}, dopt), bad_w = at::full({nb}, INFINITY, dopt);
+    const at::Tensor win_ids = model.device_ids(host);  // one upload per batch
     DecodeSteps steps(model, *policy, mode);
     for (int64_t c0 = 0; c0 < o.seq_len; c0 += chunk) {
       const int64_t n = std::min(chunk, o.seq_len - c0);
       const auto f0 = std::chrono::steady_clock::now();
-      at::Tensor logits = steps.forward(win_ids.narrow(1, c0, n), c0)[0];
-      forwarded += n;
-      // logits row j predicts window position c0 + j + 1.
-      const int64_t j0 = std::max<int64_t>(0, first_scored - 1 - c0);
-      const int64_t j1 = std::min<int64_t>(n, o.seq_len - 1 - c0);
+      const at::Tensor logits = steps.forward(win_ids.narrow(1, c0, n), c0);  // [nb, n, V]
+      forwarded += n * nb;
       at::Tensor row_bad = at::isfinite(logits).all(-1).logical_not();
-      bad_w = at::minimum(bad_w, at::where(row_bad, at::arange(c0, c0 + n, dopt), INFINITY).min());
+      bad_w = at::minimum(bad_w, at::where(row_bad, at::arange(c0, c0 + n, dopt), INFINITY).amin(1));
       if (o.profile) {
         (void)logits.max().item<float>();  // profiling synchronizes each chunk
         (n > 1 ? prefill_s : decode_s) += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
       }
       kv_step_sum += double(policy->memory().device_bytes());
-      ++kv_steps;
-      if (j1 <= j0) continue;
-      at::Tensor lp = at::log_softmax(logits.narrow(0, j0, j1 - j0).to(at::kFloat), -1);
-      at::Tensor tgt = win_ids[0].narrow(0, c0 + j0 + 1, j1 - j0);
-      nll_w -= lp.gather(1, tgt.unsqueeze(1)).to(at::kDouble).sum();
-      scored += j1 - j0;
+      kv_steps += nb;
+      // logits row j predicts window position c0 + j + 1; rows from j0 are scored (j0 differs only
+      // for the first of overlapping windows: those batches score row by row)
+      const int64_t j1 = std::min<int64_t>(n, o.seq_len - 1 - c0);
+      auto j0_of = [&](int64_t b) { return std::max<int64_t>(0, first_scored[size_t(b)] - 1 - c0); };
+      auto score = [&](int64_t b0, int64_t rows, int64_t j0) {
+        if (j1 <= j0) return;
+        at::Tensor lp = at::log_softmax(logits.narrow(0, b0, rows).narrow(1, j0, j1 - j0).to(at::kFloat), -1);
+        at::Tensor tgt = win_ids.narrow(0, b0, rows).narrow(1, c0 + j0 + 1, j1 - j0);
+        nll_w.narrow(0, b0, rows).sub_(lp.gather(2, tgt.unsqueeze(2)).squeeze(2).to(at::kDouble).sum(1));
+        scored += rows * (j1 - j0);
+      };
+      bool same = true;
+      for (int64_t b = 1; b < nb; ++b) same = same && j0_of(b) == j0_of(0);
+      if (same) {
+        score(0, nb, j0_of(0));
+      } else {
+        for (int64_t b = 0; b < nb; ++b) score(b, 1, j0_of(b));
+      }
     }
     const at::Tensor read = at::stack({nll_w, bad_w}).cpu();
-    const double bad = read[1].item<double>();
-    if (std::isfinite(bad))
-      throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(), w,
-                  int64_t(bad), method_label(method));
-    nll_sum += read[0].item<double>();
+    for (int64_t b = 0; b < nb; ++b) {
+      const double bad = read[1][b].item<double>();
+      if (std::isfinite(bad))
+        throw error("perplexity: {} logits became NaN/Inf at window {}, position {} (method {})", model.path(),
+                    w0 + size_t(b), int64_t(bad), method_label(method));
+      nll_sum += read[0][b].item<double>();
+    }
     if (timed) times += timed->times();
     paths += policy->paths();
     step_stats.plain += steps.stats().plain;
     step_stats.eager += steps.stats().eager;
     step_stats.captures += steps.stats().captures;
+    // the batch's memory is nb windows' (each sequence holds the same)
     const MemoryReport r = policy->memory();
-    kv_sum += double(r.device_bytes());
-    kv_max = std::max(kv_max, r.device_bytes());
-    bpv_sum += r.bpv(info, 1);
-    body_bpv_sum += aqua_body_bpv(r);        // 0 for methods without AQUA blocks
-    paper_bpv_sum += qaq_paper_bpv(method_policy);  // NaN for non-QAQ policies
-    q_norm_sum += qaq_key_q_norm(method_policy);
-    retained_sum += r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
-    offload_max = std::max(offload_max, (r.offload_bits() + 7) / 8);
-    side_max = std::max(side_max, (r.side_bits() + 7) / 8);
+    for (int64_t b = 0; b < nb; ++b) {
+      kv_sum += double(r.device_bytes() / nb);
+      kv_max = std::max(kv_max, r.device_bytes() / nb);
+      bpv_sum += r.bpv(info, nb);
+      body_bpv_sum += aqua_body_bpv(r);        // 0 for methods without AQUA blocks
+      paper_bpv_sum += qaq_paper_bpv(method_policy);  // NaN for non-QAQ policies
+      q_norm_sum += qaq_key_q_norm(method_policy);
+      retained_sum += r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
+      offload_max = std::max(offload_max, (r.offload_bits() + 7) / 8 / nb);
+      side_max = std::max(side_max, (r.side_bits() + 7) / 8 / nb);
+    }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (ctx && ctx->progress) ctx->progress(1.0);
@@ -197,6 +224,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["tokens_per_s"] = seconds > 0 ? double(forwarded) / seconds : 0.0;
   write_paths(m, paths);
   write_decode_steps(m, mode, step_stats);
+  m["batch"] = batch;
+  if (batch < o.batch) m["batch_note"] = "the method keeps state across sequences: its windows ran one at a time";
   m["compute_dtype"] = scalar_name(model.dtype());
   m["kv_bytes"] = kv_sum / nw;
   m["kv_bytes_max"] = kv_max;

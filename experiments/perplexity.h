@@ -25,6 +25,7 @@ struct PerplexityOptions {
   int64_t max_windows = 0;  // 0 = all
   bool add_bos = false;     // window = [BOS] + seq_len-1 text tokens
   bool profile = false;     // prof_* metrics (experiments/timed_policy.h)
+  int64_t batch = 1;        // windows per forward (methods that cannot batch run at 1)
   int32_t bos_id = -1;
 };
 

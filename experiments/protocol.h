@@ -28,6 +28,9 @@ struct JobContext {
   std::function<void(double)> progress;
   // Checked between windows; a protocol returns early (throwing kvx::Error) when it is set.
   const volatile bool* cancel = nullptr;
+  // A folder for what the jobs of a sweep share across workers (kl_divergence's full-precision
+  // references), beside the database; empty: kept in memory only.
+  std::string shared_dir;
 };
 
 struct ProtocolTraits {

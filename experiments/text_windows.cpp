@@ -2,6 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#ifdef KVX_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
+
+#include <algorithm>
 #include <cmath>
 #include <deque>
 #include <map>
@@ -107,14 +113,22 @@ at::Tensor ids_tensor(const int32_t* ids, int64_t n) {
 
 void feed_more(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t n, int64_t pos0, int64_t chunk,
                const std::function<void(int64_t, const at::Tensor&)>& on_chunk) {
-  if (chunk <= 0) chunk = n;
   if (n <= 0) return;
+  feed_rows(model, policy, ids_tensor(ids, n), pos0, chunk, [&](int64_t off, const at::Tensor& logits) {
+    if (on_chunk) on_chunk(off, logits[0]);
+  });
+}
+
+void feed_rows(CausalLM& model, KVCachePolicy& policy, const at::Tensor& ids, int64_t pos0, int64_t chunk,
+               const std::function<void(int64_t, const at::Tensor&)>& on_chunk) {
+  const int64_t n = ids.size(1);
+  if (chunk <= 0) chunk = n;
   DecodeSteps steps(model, policy, default_step_mode(model));
-  const at::Tensor all = model.device_ids(ids_tensor(ids, n));  // one upload, not one per chunk
+  const at::Tensor all = model.device_ids(ids);  // one upload, not one per chunk
   for (int64_t off = 0; off < n; off += chunk) {
     const int64_t len = std::min(chunk, n - off);
     at::Tensor logits = steps.forward(all.narrow(1, off, len), pos0 + off);
-    if (on_chunk) on_chunk(off, logits[0]);
+    if (on_chunk) on_chunk(off, logits);
   }
 }
 
@@ -124,12 +138,12 @@ void feed_chunks(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int
   feed_more(model, policy, ids, n, 0, chunk, on_chunk);
 }
 
-void KvMemoryPeak::sample(const KVCachePolicy& policy, const CausalLM& model) {
+void KvMemoryPeak::sample(const KVCachePolicy& policy, const CausalLM& model, int64_t batch) {
   const MemoryReport r = policy.memory();
-  const int64_t b = r.device_bytes();
+  const int64_t b = r.device_bytes() / batch;
   if (b >= bytes) {
     bytes = b;
-    bpv = r.bpv(model.info(), 1);
+    bpv = r.bpv(model.info(), batch);
     retained = r.tokens_seen > 0 ? double(r.tokens_kept) / double(r.tokens_seen) : 1.0;
   }
 }
@@ -151,6 +165,24 @@ void write_paths(nlohmann::json& m, const AttentionPaths& p) {
   nlohmann::json calls = p.kernel_calls;
   calls["chunk_only"] = p.chunk_only_calls;
   m["attention_calls"] = calls;
+}
+
+int64_t protocol_batch(const nlohmann::json& protocol, const CausalLM& model, int64_t seq_len, int64_t chunk) {
+  const int64_t asked = protocol.value("batch", int64_t(1));
+  if (asked > 0 || !model.device().is_cuda()) return std::max<int64_t>(1, asked);
+  int64_t free_bytes = 0;
+#ifdef KVX_WITH_CUDA
+  size_t free = 0, total = 0;
+  const c10::cuda::CUDAGuard guard(model.device());
+  if (cudaMemGetInfo(&free, &total) == cudaSuccess) free_bytes = int64_t(free);
+#endif
+  const ModelConfig& c = model.config();
+  const int64_t elem = c10::elementSize(model.dtype());
+  const int64_t n = std::min(chunk, seq_len);
+  const int64_t per_sequence = 2 * c.n_layers * c.n_kv_heads * c.head_dim * seq_len * elem +  // the cache
+                               n * (c.hidden_size * 4 + 2 * c.intermediate_size) * elem +     // activations
+                               n * c.vocab_size * 4 * 3;                                      // logits, log-softmax
+  return std::clamp<int64_t>(free_bytes / 2 / std::max<int64_t>(1, per_sequence), 1, 64);
 }
 
 void check_cancel(JobContext& ctx, double progress) {

@@ -62,13 +62,17 @@ void feed_chunks(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int
 // Same without resetting (continues an existing sequence at pos0).
 void feed_more(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t n, int64_t pos0, int64_t chunk,
                const std::function<void(int64_t offset, const at::Tensor& logits)>& on_chunk);
+// The same for a batch: ids [B, n] on the host (the policy holds B sequences at pos0), on_chunk gets
+// logits [B, n_chunk, V].
+void feed_rows(CausalLM& model, KVCachePolicy& policy, const at::Tensor& ids, int64_t pos0, int64_t chunk,
+               const std::function<void(int64_t offset, const at::Tensor& logits)>& on_chunk);
 
 // Peak KV-cache memory over the sequences of a job (sampled after each sequence).
 struct KvMemoryPeak {
   int64_t bytes = 0;
   double bpv = 0;       // bits per value at the peak
   double retained = 1;  // tokens_kept / tokens_seen at the peak
-  void sample(const KVCachePolicy& policy, const CausalLM& model);
+  void sample(const KVCachePolicy& policy, const CausalLM& model, int64_t batch = 1);  // per sequence of the batch
   void write(nlohmann::json& metrics) const;  // kv_bytes_max, bpv, compression_ratio, retained_fraction
 };
 
@@ -79,6 +83,16 @@ void write_paths(nlohmann::json& metrics, const AttentionPaths& paths);
 // metrics["decode_steps"]: how the one-token steps ran (core/model/decode_steps.h): the mode, plain
 // steps, eager forward calls, plain runs.
 void write_decode_steps(nlohmann::json& metrics, StepMode mode, const DecodeSteps::Stats& stats);
+
+// The `batch` parameter of the protocols that feed several sequences per forward (the same
+// numbers per sequence as alone: it stays out of the job key and the row records the batch run).
+inline const ParamSpec kBatchParam{"batch", ParamType::Int, 0, 0, 4096, {},
+                                   "sequences per forward; 0 = auto (1 on the CPU; on CUDA as many as half the free "
+                                   "memory holds, at most 64); methods that keep state across sequences run at 1"};
+// The batch of a job: protocol.batch, or for auto 1 on the CPU and on CUDA what half the free memory
+// holds of the cache in the compute dtype and a chunk's activations and logits, per sequence of
+// seq_len tokens fed in chunks of `chunk`.
+int64_t protocol_batch(const nlohmann::json& protocol, const CausalLM& model, int64_t seq_len, int64_t chunk);
 
 // Throws kvx::Error when the job was cancelled; calls progress.
 void check_cancel(JobContext& ctx, double progress);

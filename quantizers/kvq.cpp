@@ -60,6 +60,7 @@ MethodTraits kvq_traits() {
        "dtype of scales and shifts (auto: float16, the layout the fused kernels read; bfloat16 runs dequantize-then-attend)"},
   };
   t.bits = "1/2/3/4/8";
+  t.batches = true;
   t.prepare = prepare;
   t.default_policy = "segments";
   t.kernels = kSegmentsKernels;

@@ -26,6 +26,7 @@ MethodTraits none_traits() {
   t.name = "none";
   t.summary = "full precision (compute dtype), no compression";
   t.bits = "16";
+  t.batches = true;
   t.kernels = "cuda: SDPA over the stored rows in place (decode steps on kvx's full-precision tiles where Torch < 2.5 "
               "has no GQA decode in SDPA); cpu: reference";
   return t;
@@ -123,6 +124,15 @@ nlohmann::json resolve_method(const nlohmann::json& spec) {
     if (k != "auto") out["kernel"] = k;  // auto stays implicit: job keys of specs without it are unchanged
   }
   return out;
+}
+
+bool method_batches(const nlohmann::json& resolved) {
+  for (const char* slot : {"key", "value", "policy"}) {
+    if (!resolved.contains(slot)) continue;
+    const auto* t = find_method(resolved[slot].at("type").get<std::string>());
+    if (!t || !t->batches) return false;
+  }
+  return true;
 }
 
 KernelRequest kernel_request(const nlohmann::json& resolved) {

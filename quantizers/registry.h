@@ -52,6 +52,10 @@ struct MethodTraits {
   std::string bits;              // human-readable bit widths for `kvx list`, e.g. "2/4"
   bool needs_attention = false;  // wants the model's attention probabilities
   bool needs_calibration = false;
+  // Keeps the sequences of a batch apart (codecs: encodes each (sequence, head) on its own;
+  // policies: no state shared across sequences), so batch N gives batch 1's numbers. Protocols run
+  // methods without it at batch 1.
+  bool batches = false;
   // Fused attention kernels the method's storage runs (devices and cases), shown by `kvx list`;
   // null: none (dense attention over what the policy returns).
   const char* kernels = nullptr;
@@ -87,6 +91,8 @@ nlohmann::json resolve_method(const nlohmann::json& spec);
 nlohmann::json parse_method_shorthand(const std::string& text);
 // Short human label for tables, e.g. "kvq k4c v2 g64 r128".
 std::string method_label(const nlohmann::json& resolved);
+// Whether every component of a resolved spec batches (MethodTraits::batches).
+bool method_batches(const nlohmann::json& resolved);
 // The spec's `kernel` request (auto when absent), for the policy factories.
 KernelRequest kernel_request(const nlohmann::json& resolved);
 // Build the cache policy for one sequence from a resolved spec.

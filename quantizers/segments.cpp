@@ -79,6 +79,7 @@ MethodTraits segments_traits() {
        "how residual tokens enter the compressed body"},
   };
   t.bits = "-";
+  t.batches = true;
   t.kernels = kSegmentsKernels;
   t.check = check;
   t.make_policy = make;

@@ -72,6 +72,7 @@ MethodTraits selective_int8_traits() {
       {"window_size", ParamType::Int, 32, 0, 1 << 30, {}, "most recent positions kept fp"},
   };
   t.bits = "8";
+  t.batches = true;
   t.kernels = "cuda: int8 codes read in place with sinks and window in one launch, decode steps and chunks "
               "(head_dim 128); cpu: reference";
   t.check = check;

@@ -136,6 +136,7 @@ MethodTraits sink_window_traits() {
       {"window_size", ParamType::Int, 32, 1, 1 << 30, {}, "most recent positions kept"},
   };
   t.bits = "16";
+  t.batches = true;
   t.check = check;
   t.make_policy = make;
   t.label = label;

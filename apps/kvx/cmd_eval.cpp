@@ -17,7 +17,7 @@ namespace {
 
 struct EvalArgs {
   std::string model, dataset, method = "none", dtype = "float32", device = "cpu", format = "text";
-  int64_t seq_len = 512, stride = 0, chunk = 32, warmup = 0, max_windows = 0;
+  int64_t seq_len = 512, stride = 0, chunk = 32, warmup = 0, max_windows = 0, batch = 0;
   bool add_bos = false, profile = false;
 };
 
@@ -50,7 +50,7 @@ void run(const EvalArgs& a) {
   nlohmann::json protocol = {{"name", "perplexity"}, {"seq_len", a.seq_len}, {"stride", a.stride},
                              {"chunk", a.chunk},     {"warmup", a.warmup},   {"max_windows", a.max_windows},
                              {"add_bos", a.add_bos}, {"dtype", a.dtype},
-                             {"profile", a.profile}};
+                             {"profile", a.profile}, {"batch", a.batch}};
   nlohmann::json job;
   try {
     job["protocol"] = kvx::resolve_protocol(protocol);
@@ -98,6 +98,8 @@ void setup(CLI::App& app) {
   cmd->add_option("--chunk", a->chunk, "tokens per forward call (1 = token-by-token)")->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "window positions not scored")->capture_default_str();
   cmd->add_option("--max-windows", a->max_windows, "first N windows only (0 = all)")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "windows per forward (0 = auto: 1 on the CPU, sized from free memory on CUDA)")
+      ->capture_default_str();
   cmd->add_flag("--add-bos", a->add_bos, "start every window with BOS");
   cmd->add_flag("--profile", a->profile,
                 "per-phase timings: the cache policy (storage and attention), projections+MLP, the rest");

@@ -30,20 +30,20 @@ void setup(CLI::App& app) {
           params.push_back({{"name", p.name}, {"default", p.def}, {"choices", p.choices}, {"help", p.help}});
         out.push_back({{"name", t.name}, {"kind", t.kind == kvx::ComponentKind::Codec ? "codec" : "policy"},
                        {"bits", t.bits}, {"needs_attention", t.needs_attention},
-                       {"needs_calibration", t.needs_calibration},
+                       {"needs_calibration", t.needs_calibration}, {"batches", t.batches},
                        {"kernels", t.kernels ? nlohmann::json(t.kernels) : nlohmann::json()},
                        {"summary", t.summary}, {"params", params}});
       }
       fmt::print("{}\n", out.dump(2));
       return;
     }
-    fmt::print("{:<16} {:<7} {:<8} {:<5} {:<5} {:<5} {}\n", "method", "kind", "bits", "attn", "calib",
-               "fused", "summary");
+    fmt::print("{:<16} {:<7} {:<8} {:<5} {:<5} {:<5} {:<5} {}\n", "method", "kind", "bits", "attn", "calib",
+               "fused", "batch", "summary");
     for (const auto& t : kvx::method_table()) {
-      fmt::print("{:<16} {:<7} {:<8} {:<5} {:<5} {:<5} {}\n", t.name,
+      fmt::print("{:<16} {:<7} {:<8} {:<5} {:<5} {:<5} {:<5} {}\n", t.name,
                  t.kind == kvx::ComponentKind::Codec ? "codec" : "policy", t.bits,
                  t.needs_attention ? "yes" : "-", t.needs_calibration ? "yes" : "-",
-                 t.kernels ? "cuda" : "-", t.summary);
+                 t.kernels ? "cuda" : "-", t.batches ? "yes" : "1", t.summary);
       if (*verbose && t.kernels) fmt::print("      kernels: {}\n", t.kernels);
       if (*verbose)
         for (const auto& p : t.params) fmt::print("{}\n", param_line(p));

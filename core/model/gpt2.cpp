@@ -69,7 +69,7 @@ class Gpt2Model final : public CausalLM {
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
       const Layer& L = layers_[l];
       if (split()) x = x.to(layer_device(l));  // pipeline split: the hidden state follows the layers
-      at::Tensor qkv = at::linear(at::layer_norm(x, {E}, L.ln1w, L.ln1b, cfg_.norm_eps), L.wqkv, L.bqkv);
+      at::Tensor qkv = batch_linear(at::layer_norm(x, {E}, L.ln1w, L.ln1b, cfg_.norm_eps), L.wqkv, L.bqkv);
       at::Tensor q = qkv.narrow(-1, 0, E).view({B, T, H, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, E, E).view({B, T, H, D}).transpose(1, 2).contiguous();
       at::Tensor v = qkv.narrow(-1, 2 * E, E).view({B, T, H, D}).transpose(1, 2).contiguous();
@@ -77,13 +77,13 @@ class Gpt2Model final : public CausalLM {
       opt.scale = 1.0 / std::sqrt(double(D));
       if (cfg_.scale_attn_by_inverse_layer_idx) opt.scale /= double(l + 1);
       at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt);
-      x = x + at::linear(a, L.wo, L.bo);
-      at::Tensor h = at::linear(at::layer_norm(x, {E}, L.ln2w, L.ln2b, cfg_.norm_eps), L.wfc, L.bfc);
-      x = x + at::linear(activation(h), L.wproj, L.bproj);
+      x = x + batch_linear(a, L.wo, L.bo);
+      at::Tensor h = batch_linear(at::layer_norm(x, {E}, L.ln2w, L.ln2b, cfg_.norm_eps), L.wfc, L.bfc);
+      x = x + batch_linear(activation(h), L.wproj, L.bproj);
     }
     cache.end_step(step);
     if (split()) x = x.to(head_device());
-    return at::linear(at::layer_norm(x, {E}, lnfw_, lnfb_, cfg_.norm_eps), head_).to(at::kFloat);
+    return batch_linear(at::layer_norm(x, {E}, lnfw_, lnfb_, cfg_.norm_eps), head_).to(at::kFloat);
   }
 
   void enable_training() override {

@@ -93,7 +93,7 @@ class LlamaModel final : public CausalLM {
         x = x.to(layer_device(l));
         step.rope = layer_rope(l);
       }
-      at::Tensor qkv = at::linear(rms_norm(x, L.ln1), L.wqkv, L.bqkv);
+      at::Tensor qkv = batch_linear(rms_norm(x, L.ln1), L.wqkv, L.bqkv);
       at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
       at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2).contiguous();
@@ -101,12 +101,12 @@ class LlamaModel final : public CausalLM {
       k = rope(*step.rope, k, pos0, counter).contiguous();
       at::Tensor a = cache.attend(static_cast<int>(l), q, k, v, step, opt_);
       x = residual_linear(x, a, L.wo, L.bo);
-      at::Tensor gu = at::linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
+      at::Tensor gu = batch_linear(rms_norm(x, L.ln2), L.wgu, L.bgu);
       x = residual_linear(x, silu_mul(gu, I), L.wd, L.bd);
     }
     cache.end_step(step);
     if (split()) x = x.to(head_device());
-    return at::linear(rms_norm(x, norm_), head_).to(at::kFloat);
+    return batch_linear(rms_norm(x, norm_), head_).to(at::kFloat);
   }
 
 
@@ -205,7 +205,7 @@ class LlamaModel final : public CausalLM {
       const int64_t H = x.size(-1);
       return at::addmm(x.reshape({-1, H}), a.reshape({-1, a.size(-1)}), w.t()).view(x.sizes());
     }
-    return x + at::linear(a, w, b);
+    return x + batch_linear(a, w, b);
   }
 
   struct Layer {

@@ -1,5 +1,6 @@
 #include "core/model/model.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <unistd.h>
 
@@ -156,6 +157,13 @@ at::Tensor trainable_copy(const at::Tensor& w) {
   at::Tensor t = w.clone();  // clone outside InferenceMode: a normal (non-inference) tensor
   t.requires_grad_(true);
   return t;
+}
+
+at::Tensor batch_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!x.is_cpu() || x.dim() != 3 || x.size(0) == 1) return at::linear(x, w, b);
+  std::vector<at::Tensor> rows;
+  for (int64_t i = 0; i < x.size(0); ++i) rows.push_back(at::linear(x[i], w, b));
+  return at::stack(rows);
 }
 
 at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device) {

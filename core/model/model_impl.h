@@ -29,4 +29,9 @@ at::Tensor trainable_copy(const at::Tensor& w);
 // the model device.
 at::Tensor check_ids(const at::Tensor& ids, int64_t vocab, at::Device device);
 
+// at::linear of x [B, T, in]. On the CPU the sequences of a batch go through the GEMM one at a time:
+// BLAS kernels round differently with the number of rows, and a sequence must get the numbers in a
+// batch that it gets alone (the protocols' `batch`). On CUDA one GEMM takes the batch.
+at::Tensor batch_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
 }  // namespace kvx::detail

@@ -84,10 +84,12 @@ std::string first_line(const std::string& s) {
   return out;
 }
 
-std::string calibration_dir(const std::string& db) {
+// Folders beside the database: calibration files, and what jobs share (JobContext::shared_dir).
+std::string beside_db(const std::string& db, const char* name) {
   const auto parent = std::filesystem::path(db).parent_path();
-  return ((parent.empty() ? std::filesystem::path(".") : parent) / "calibration").string();
+  return ((parent.empty() ? std::filesystem::path(".") : parent) / name).string();
 }
+std::string calibration_dir(const std::string& db) { return beside_db(db, "calibration"); }
 
 void check_finite(const nlohmann::json& m, const std::string& path) {
   if (m.is_number_float() && !std::isfinite(m.get<double>()))
@@ -158,6 +160,7 @@ int run_worker(const WorkerOptions& opt) {
     ctx.models = models.get();
     ctx.device = worker_device_string(opt);
     ctx.cancel = &g_cancel;
+    ctx.shared_dir = beside_db(opt.db, "shared");
     const double started = now_seconds();
     nlohmann::json metrics;
     std::string failure;

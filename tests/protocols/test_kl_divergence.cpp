@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "core/common/error.h"
 #include "experiments/kl_divergence.h"
@@ -116,4 +117,28 @@ TEST(KlProtocol, SeqLenBeyondContextIsAnError) {
   const nlohmann::json proto = {{"name", "kl_divergence"}, {"seq_len", 2048}, {"max_windows", 1}};
   auto job = test::make_job("tiny-gpt2", proto, {{"key", "none"}, {"value", "none"}}, test::wikitext());
   EXPECT_THROW(run_job(job, test::context()), kvx::Error);
+}
+
+// The full-precision references of a sweep's KL jobs are computed once: the first job writes one
+// file per window to the shared folder beside the database, the next method's job reuses them all
+// (whatever its batch: the batch is not part of what they depend on).
+TEST(KlProtocol, ReferencesComputedOncePerSweep) {
+  namespace fs = std::filesystem;
+  const std::string dir = ::testing::TempDir() + "/kvx-kl-shared";
+  fs::remove_all(dir);
+  JobContext ctx = test::context();
+  ctx.shared_dir = dir;
+  const nlohmann::json proto = {{"name", "kl_divergence"}, {"seq_len", 24}, {"chunk", 8}, {"max_windows", 3}};
+  auto first = run_job(test::make_job("tiny-gpt2", proto, parse_method_shorthand("kvq:k4v4"), test::wikitext()), ctx);
+  EXPECT_EQ(first["reference_windows_computed"].get<int64_t>(), 3);
+  EXPECT_EQ(first["reference_windows_reused"].get<int64_t>(), 0);
+  int64_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.path().extension() == ".f32";
+  EXPECT_EQ(files, 3);
+  nlohmann::json batched = proto;
+  batched["batch"] = 2;
+  auto second = run_job(test::make_job("tiny-gpt2", batched, parse_method_shorthand("kvq:k2v2"), test::wikitext()), ctx);
+  EXPECT_EQ(second["reference_windows_computed"].get<int64_t>(), 0);
+  EXPECT_EQ(second["reference_windows_reused"].get<int64_t>(), 3);
+  EXPECT_EQ(second["ppl_ref"], first["ppl_ref"]);
 }
