@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 
@@ -116,6 +117,39 @@ double copy_bandwidth_gbs(const at::Device& dev, int iters) {
   auto b = at::empty_like(a);
   const double us = time_us(dev, iters, [&] { b.copy_(a); }, 4);
   return 2.0 * double(a.numel()) * 4 / us / 1e3;
+}
+
+double matmul_flops(const at::Device& dev, at::ScalarType dtype, int iters) {
+  const int64_t n = dev.is_cuda() ? 8192 : 1024;
+  const auto opt = at::TensorOptions().device(dev).dtype(dtype);
+  auto a = at::randn({n, n}, opt), b = at::randn({n, n}, opt);
+  const double us = time_us(dev, std::min(iters, 5), [&] { (void)at::mm(a, b); }, dev.is_cuda() ? 4 : 1);
+  return 2.0 * double(n) * double(n) * double(n) / (us * 1e-6);
+}
+
+double weight_bytes(const ModelShape& s, int64_t elem) {
+  const double per_layer = double(s.hidden) * (s.heads + 2 * s.kv_heads) * s.head_dim + double(s.heads) * s.head_dim * s.hidden +
+                           3.0 * s.hidden * s.intermediate + 2.0 * s.hidden;
+  return (s.layers * per_layer + 2.0 * s.vocab * s.hidden + s.hidden) * double(elem);
+}
+
+Roofline roofline(const ModelShape& s, int64_t elem, double tokens, double forwards, double kv_read_bytes, double attended,
+                  double copy_bytes_per_s, double flops_per_s) {
+  Roofline r;
+  const double matmul_weights = weight_bytes(s, elem) / double(elem) - double(s.vocab) * s.hidden;  // the embedding is a lookup
+  r.bytes = forwards * weight_bytes(s, elem) + kv_read_bytes;
+  r.flops = 2.0 * matmul_weights * tokens + 4.0 * double(s.layers) * s.heads * s.head_dim * attended;
+  const double t_bytes = r.bytes / copy_bytes_per_s, t_flops = r.flops / flops_per_s;
+  r.seconds = std::max(t_bytes, t_flops);
+  r.bound = t_bytes >= t_flops ? "bandwidth" : "compute";
+  return r;
+}
+
+void write_roofline(nlohmann::json& row, const Roofline& r, double tokens, double tokens_per_s) {
+  const double roof = tokens / r.seconds;
+  row["roofline_tok_s"] = roof;
+  row["roofline_fraction"] = tokens_per_s / roof;
+  row["roofline_bound"] = r.bound;
 }
 
 nlohmann::json bench_method(const std::string& shorthand) {

@@ -42,6 +42,27 @@ double graph_time_us(const at::Device& dev, int iters, const std::function<void(
 // Copy bandwidth of the device (read + write bytes per second), measured now.
 double copy_bandwidth_gbs(const at::Device& dev, int iters);
 
+// Dense matmul rate of the device in the dtype (FLOP/s, a square GEMM timed now): the compute
+// ceiling of the rooflines below.
+double matmul_flops(const at::Device& dev, at::ScalarType dtype, int iters);
+
+// The roofline of `tokens` tokens that take `forwards` forward calls of a model of shape s (every
+// weight read once per call, elem bytes each) and read `kv_read_bytes` of cache in all, attending
+// to `attended` cached-or-own entries per token summed over the tokens: the time the bytes take at
+// the copy bandwidth and the time the FLOPs (2 per weight per token, 4·L·Hq·D per attended entry)
+// take at the matmul rate; the larger one bounds.
+struct Roofline {
+  double bytes = 0, flops = 0;
+  double seconds = 0;  // max of the two times
+  std::string bound;   // "bandwidth" | "compute"
+};
+Roofline roofline(const ModelShape& s, int64_t elem, double tokens, double forwards, double kv_read_bytes, double attended,
+                  double copy_bytes_per_s, double flops_per_s);
+// The weights' bytes (every matrix once, norms included).
+double weight_bytes(const ModelShape& s, int64_t elem);
+// row["roofline_tok_s"], row["roofline_fraction"] (measured tokens/s over it), row["roofline_bound"].
+void write_roofline(nlohmann::json& row, const Roofline& r, double tokens, double tokens_per_s);
+
 // A resolved method spec for a shorthand (`kvx eval --method` grammar), "fp16" meaning none.
 nlohmann::json bench_method(const std::string& shorthand);
 // ModelInfo of a model with n_layers (<= the model's) on its device and dtype.

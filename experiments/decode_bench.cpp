@@ -16,13 +16,6 @@ namespace {
 
 constexpr int kAttnInner = 10;  // back-to-back attend() calls per timed attention sample
 
-// Bytes of the weights one decode step reads (every matrix once; norms included).
-double weight_bytes(const ModelShape& s, int64_t elem) {
-  const double per_layer = double(s.hidden) * (s.heads + 2 * s.kv_heads) * s.head_dim + double(s.heads) * s.head_dim * s.hidden +
-                           3.0 * s.hidden * s.intermediate + 2.0 * s.hidden;
-  return (s.layers * per_layer + 2.0 * s.vocab * s.hidden + s.hidden) * double(elem);
-}
-
 // Attention of one layer: a one-layer cache of the method filled with `context` tokens, then
 // attend() calls of one new token each (the policy's whole step: storing the token, the kernel,
 // the output in the model's layout).
@@ -113,8 +106,10 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
       "decode_steps: plain steps replayed, eager steps, runs captured), one sync",
       o.steps, o.decode);
   const double bw = out["copy_bandwidth_gbs"].get<double>() * 1e9;
-  const double wbytes = weight_bytes(s, dtype == "float32" ? 4 : 2);
-  out["weight_bytes"] = wbytes;
+  const int64_t elem = dtype == "float32" ? 4 : 2;
+  const double peak = bench::matmul_flops(dev, model->dtype(), o.iters);
+  out["matmul_tflops"] = peak / 1e12;
+  out["weight_bytes"] = bench::weight_bytes(s, elem);
   double base_attn = 0, base_tok = 0;
   for (const auto& [name, spec] : methods) {
     nlohmann::json row;
@@ -130,10 +125,11 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
       const double tok = row["decode_tok_s"].get<double>();
       if (name == "fp16") base_tok = tok;
       row["decode_speedup_vs_fp16"] = tok / base_tok;
-      // bandwidth roofline: every weight and the whole cache read once per step
-      const double roof = double(o.batch) * bw / (wbytes + row["kv_bytes_total"].get<double>());
-      row["roofline_tok_s"] = roof;
-      row["roofline_fraction"] = tok / roof;
+      // one step: every weight and the whole cache read once, each of the batch's tokens attending
+      // to the context
+      const double B = double(o.batch);
+      bench::write_roofline(row, bench::roofline(s, elem, B, 1, row["kv_bytes_total"].get<double>(), B * double(o.context), bw, peak),
+                            B, tok);
     }
     out["rows"].push_back(row);
     bench::sync(dev);
@@ -142,9 +138,10 @@ nlohmann::json run_decode_bench(const DecodeBenchOptions& o) {
 }
 
 std::string format_decode_bench(const nlohmann::json& r) {
-  std::string s = fmt::format("decode bench: {} batch {} context {} on {} {} (copy bandwidth {:.0f} GB/s)\n",
+  std::string s = fmt::format("decode bench: {} batch {} context {} on {} {} (copy bandwidth {:.0f} GB/s, matmul {:.1f} TFLOP/s)\n",
                               r["shape"].get<std::string>(), r["batch"].get<int64_t>(), r["context"].get<int64_t>(),
-                              r["device"].get<std::string>(), r["dtype"].get<std::string>(), r["copy_bandwidth_gbs"].get<double>());
+                              r["device"].get<std::string>(), r["dtype"].get<std::string>(), r["copy_bandwidth_gbs"].get<double>(),
+                              r["matmul_tflops"].get<double>());
   s += fmt::format("{:<16} {:>9} {:>7} {:>6} {:>7} {:>11} {:>10} {:>7} {:>10} {:>6}  {}\n", "method", "attn_us", "GB/s",
                    "%copy", "x fp16", "KV MB/layer", "tok/s", "x fp16", "roof tok/s", "%roof", "kernel_path / label");
   for (const auto& row : r["rows"]) {

@@ -79,6 +79,13 @@ nlohmann::json run_throughput_bench(const std::string& mode, const ThroughputBen
   out["device"] = dev.is_cuda() ? "cuda" : "cpu";
   out["dtype"] = dtype;
   out["timing"] = fmt::format("median of {} runs after one warm-up; tokens = batch x context", o.iters);
+  const double bw = bench::copy_bandwidth_gbs(dev, o.iters) * 1e9, peak = bench::matmul_flops(dev, model->dtype(), o.iters);
+  out["copy_bandwidth_gbs"] = bw / 1e9;
+  out["matmul_tflops"] = peak / 1e12;
+  const int64_t elem = dtype == "float32" ? 4 : 2;
+  const double B = double(o.batch), C = double(o.context), tokens = B * C;
+  // forward calls, and the cache they read: chunk i reads what the i chunks before it stored
+  const double forwards = mode == "prefill" ? 1.0 : std::ceil(C / double(o.chunk));
   double base = 0;
   for (const auto& [name, spec] : methods) {
     (void)run_once(mode, spec, o, *model, ids);  // warm-up: allocator, kernels, lazy init
@@ -96,22 +103,29 @@ nlohmann::json run_throughput_bench(const std::string& mode, const ThroughputBen
     row["attention_impl"] = r.paths.attention_impl();
     row["kernel_path"] = r.paths.kernel_path();
     row["kv_bytes"] = r.kv_bytes;
+    const double kv_read = mode == "prefill" ? 0.0 : double(r.kv_bytes) * (forwards - 1) / 2;
+    bench::write_roofline(row, bench::roofline(s, elem, tokens, forwards, kv_read, B * C * (C + 1) / 2, bw, peak), tokens,
+                          row["tokens_per_s"].get<double>());
     out["rows"].push_back(row);
   }
   return out;
 }
 
 std::string format_throughput_bench(const nlohmann::json& r) {
-  std::string s = fmt::format("{} bench: {} batch {} context {}{} on {} ({})\n", r["mode"].get<std::string>(),
-                              r["shape"].get<std::string>(), r["batch"].get<int64_t>(), r["context"].get<int64_t>(),
+  std::string s = fmt::format("{} bench: {} batch {} context {}{} on {} ({}; copy bandwidth {:.0f} GB/s, matmul {:.1f} TFLOP/s)\n",
+                              r["mode"].get<std::string>(), r["shape"].get<std::string>(), r["batch"].get<int64_t>(),
+                              r["context"].get<int64_t>(),
                               r.contains("chunk") ? fmt::format(" chunk {}", r["chunk"].get<int64_t>()) : "",
-                              r["device"].get<std::string>(), r["dtype"].get<std::string>());
-  s += fmt::format("{:<20} {:>10} {:>12} {:>8} {:>12}  {}\n", "method", "seconds", "tok/s", "x fp16", "KV MB",
-                   "kernel_path (attention_impl)");
+                              r["device"].get<std::string>(), r["dtype"].get<std::string>(),
+                              r["copy_bandwidth_gbs"].get<double>(), r["matmul_tflops"].get<double>());
+  s += fmt::format("{:<20} {:>10} {:>12} {:>8} {:>12} {:>12} {:>6} {:<9}  {}\n", "method", "seconds", "tok/s", "x fp16", "KV MB",
+                   "roof tok/s", "%roof", "bound", "kernel_path (attention_impl)");
   for (const auto& row : r["rows"])
-    s += fmt::format("{:<20} {:>10.4f} {:>12.1f} {:>8.2f} {:>12.2f}  {} ({})\n", row["method"].get<std::string>(),
-                     row["seconds"].get<double>(), row["tokens_per_s"].get<double>(), row["ratio_vs_fp16"].get<double>(),
-                     row["kv_bytes"].get<int64_t>() / 1048576.0, row["kernel_path"].get<std::string>(),
+    s += fmt::format("{:<20} {:>10.4f} {:>12.1f} {:>8.2f} {:>12.2f} {:>12.0f} {:>6.2f} {:<9}  {} ({})\n",
+                     row["method"].get<std::string>(), row["seconds"].get<double>(), row["tokens_per_s"].get<double>(),
+                     row["ratio_vs_fp16"].get<double>(), row["kv_bytes"].get<int64_t>() / 1048576.0,
+                     row["roofline_tok_s"].get<double>(), row["roofline_fraction"].get<double>(),
+                     row["roofline_bound"].get<std::string>(), row["kernel_path"].get<std::string>(),
                      row["attention_impl"].get<std::string>());
   return s;
 }
