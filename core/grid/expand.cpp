@@ -112,6 +112,14 @@ std::vector<Variant> expand_entry(const nlohmann::json& body, const std::string&
     }
   }
 
+  // refused before anything is built when the entry alone gives more variants than a sweep's jobs
+  double count = zipped.empty() ? 1.0 : double(zipped[0].values.size());
+  for (const auto& a : axes) count *= double(a.values.size());
+  const int64_t limit = grid_limits().jobs;
+  if (count > double(limit))
+    throw error("{}: this entry's lists expand to {:.4g} variants, more than the {} jobs a sweep may have; "
+                "KVX_MAX_JOBS raises the limit", doc.where(body_path), count, limit);
+
   std::vector<Variant> out{{body, {}}};
   for (const auto& a : axes) {
     std::vector<Variant> next;

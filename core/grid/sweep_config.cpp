@@ -490,6 +490,16 @@ class Loader {
 
   void expand(SweepConfig& cfg) {
     load_excludes();
+    // the product is refused before the jobs are built (each is resolved and keyed)
+    double variants_p = 0, variants_m = 0;
+    for (const auto& p : protocols_) variants_p += double(p.variants.size());
+    for (const auto& m : methods_) variants_m += double(m.variants.size());
+    const double product = double(std::max<size_t>(1, models_.size())) * double(std::max<size_t>(1, datasets_.size())) *
+                           variants_p * variants_m;
+    if (product > double(grid_limits().jobs))
+      fail("", fmt::format("the grid expands to {:.4g} jobs (models x datasets x protocol variants x method variants), "
+                           "more than the {} a sweep may have; KVX_MAX_JOBS raises the limit",
+                           product, grid_limits().jobs));
     for (const auto& p : protocols_)
       for (const auto& m : methods_)
         add_jobs(pick(models_, json()), pick(datasets_, json()), p, p.variants, m, m.variants, true, cfg);

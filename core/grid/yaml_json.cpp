@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -88,9 +89,25 @@ nlohmann::json scalar(const YAML::Node& n) {
   return s;
 }
 
+int64_t limit_from_env(const char* var, int64_t def) {
+  const char* e = std::getenv(var);
+  if (!e || !*e) return def;
+  char* end = nullptr;
+  const long long v = std::strtoll(e, &end, 10);
+  if (*end != '\0' || v < 1) throw error("{}='{}': expected a positive whole number", var, e);
+  return v;
+}
+
 struct Converter {
   YamlDoc& doc;
+  int64_t budget;  // values left (GridLimits::config_values)
   nlohmann::json convert(const YAML::Node& n, const std::string& path) {
+    if (--budget < 0) {
+      const auto p = pos_of(n.Mark());
+      throw error("{}:{}:{}: the config holds more than {} values once its aliases are expanded (nested aliases "
+                  "repeat a node many times); kvx refuses it. KVX_MAX_CONFIG_VALUES raises the limit",
+                  doc.file, p.line, p.column, grid_limits().config_values);
+    }
     doc.value_pos[path] = pos_of(n.Mark());
     switch (n.Type()) {
       case YAML::NodeType::Null:
@@ -133,6 +150,10 @@ struct Converter {
 
 }  // namespace
 
+GridLimits grid_limits() {
+  return {limit_from_env("KVX_MAX_CONFIG_VALUES", 200000), limit_from_env("KVX_MAX_JOBS", 1000000)};
+}
+
 YamlDoc parse_yaml(const std::string& text, const std::string& file_label) {
   YamlDoc doc;
   doc.file = file_label;
@@ -152,7 +173,7 @@ YamlDoc parse_yaml(const std::string& text, const std::string& file_label) {
     if (p.line == 0) p = {1, 1};
     throw error("{}:{}:{}: invalid YAML: {}", file_label, p.line, p.column, e.msg);
   }
-  Converter c{doc};
+  Converter c{doc, grid_limits().config_values};
   doc.root = c.convert(root, "");
   return doc;
 }

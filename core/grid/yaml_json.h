@@ -6,6 +6,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -26,6 +27,16 @@ struct YamlDoc {
   // "FILE:LINE:COL" of the deepest known prefix of `path` (the key when prefer_key).
   std::string where(const std::string& path, bool prefer_key = false) const;
 };
+
+// Limits that keep a hostile or mistaken config from exhausting memory before anything is checked,
+// each refused with an error that names it: values in a config once its YAML aliases are expanded
+// (a few nested aliases repeat a node billions of times), and jobs one sweep may expand to. The
+// environment variables raise them.
+struct GridLimits {
+  int64_t config_values;  // $KVX_MAX_CONFIG_VALUES, default 200,000
+  int64_t jobs;           // $KVX_MAX_JOBS, default 1,000,000
+};
+GridLimits grid_limits();
 
 // Throws kvx::Error "FILE:LINE:COL: message" on a syntax error; "FILE: ..." when unreadable.
 YamlDoc load_yaml_file(const std::string& path);

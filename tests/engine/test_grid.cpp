@@ -2,7 +2,10 @@
 // and job key stability. Uses the noop protocol and the `none` method, which need no model.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -313,4 +316,37 @@ TEST(GridErrors, InvalidUtf8PointsAtTheByte) {
   EXPECT_TRUE(starts_with(error_of(std::string(kHead) + "description: \xED\xA0\x80\n"), "t.yaml:4:14: invalid UTF-8"));  // surrogate
   const std::string fine = std::string(kHead) + "description: \"na\xC3\xAFve \xE2\x80\x94 \xF0\x9F\x98\x80\"\n";
   EXPECT_EQ(error_of(fine).find("UTF-8"), std::string::npos) << error_of(fine);
+}
+
+// Hostile configs are refused before they are built, each naming its limit and how to raise it:
+// nine lines of nested aliases ("billion laughs": 9^8 repetitions) stop at the values limit, an
+// entry whose lists multiply past the job limit stops before its variants exist, and so does a
+// product of entries.
+TEST(GridLimits, AliasBombAndAstronomicalGridsAreRefused) {
+  std::string bomb = "name: t\na: &a [x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'h'; ++c) {
+    const char p = char(c - 1);
+    bomb += fmt::format("{}: &{} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n", c, c, fmt::arg("p", p));
+  }
+  bomb += "protocols: [{name: noop, value: *h}]\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string e1 = error_of(bomb);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_NE(e1.find("more than 200000 values"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("KVX_MAX_CONFIG_VALUES"), std::string::npos) << e1;
+
+  // 8 lists of 10 values: 10^8 variants of one entry
+  std::string lists;
+  for (int i = 0; i < 8; ++i) lists += fmt::format("{}l{}: [0,1,2,3,4,5,6,7,8,9]", i ? ", " : "", i);
+  const std::string e2 = error_of(std::string(kHead) + "protocols:\n  - {name: noop, " + lists + "}\n");
+  EXPECT_NE(e2.find("1e+08 variants"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("KVX_MAX_JOBS"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("t.yaml:"), std::string::npos) << e2;
+
+  // 1001 protocol variants x 1001 method variants: each entry fine, their product not
+  std::string values, bits;
+  for (int i = 1; i <= 1001; ++i) values += fmt::format("{}{}", i > 1 ? "," : "", i);
+  const std::string e3 = error_of("name: t\nprotocols:\n  - {name: noop, value: [" + values +
+                                  "]}\nmethods:\n  - {name: q, key: {type: kvq, group: [" + values + "]}}\n");
+  EXPECT_NE(e3.find("1.002e+06 jobs"), std::string::npos) << e3;
 }
