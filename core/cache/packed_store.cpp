@@ -192,7 +192,7 @@ void Int8Store::append(const at::Tensor& x) {
   const int64_t n = x.size(2);
   if (n == 0) return;
   reserve(n_ + n, x);
-  Int8Block into{codes_.narrow(2, n_, n), scale_.narrow(2, n_, n)};
+  Int8Block into = room(n);
   int8_quantize_into(x, into);  // in place: no copy of the new rows
   n_ += n;
 }

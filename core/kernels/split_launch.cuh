@@ -72,10 +72,8 @@ DenseSeg dense_seg(const FpSegment& s, int64_t B, int64_t Hkv, int chunk, const 
       throw error("fused attention: {} must be [{}, {}, {}, {}] with contiguous 16-byte-aligned rows", what, B, Hkv, R, kD);
   if (s.k.scalar_type() != s.v.scalar_type() || (s.k.scalar_type() != at::kHalf && s.k.scalar_type() != at::kBFloat16))
     throw error("fused attention: {} must be float16 or bfloat16, keys and values alike", what);
-  return DenseSeg{s.k.data_ptr(),        s.v.data_ptr(),           s.k.stride(1),
-                  s.v.stride(1),         int(R),                   int(R - chunk),
-                  s.k.scalar_type() == at::kBFloat16, s.grow.step, int(s.grow.off_rate),
-                  int(s.grow.len_rate)};
+  return DenseSeg{s.k.data_ptr(), s.v.data_ptr(), s.k.stride(1), s.v.stride(1), int(R), int(R - chunk),
+                  s.k.scalar_type() == at::kBFloat16, s.grow.step, int(s.grow.off_rate), int(s.grow.len_rate)};
 }
 
 // Resident blocks per SM of kernel f with smem bytes of dynamic shared memory (cached per kernel,
