@@ -1,5 +1,5 @@
-// AQUA-KV calibration (ALGORITHMS.md 2.9, `kvx calibrate`): fit the per-layer linear
-// predictors in the quantization loop and write them to one HDF5 file.
+// AQUA-KV calibration (docs/methods/aqua_kv.md, "Calibration"; `kvx calibrate`): fit the
+// per-layer linear predictors in the quantization loop and write them to one HDF5 file.
 //
 //  1. Data: the corpus file is read whole and tokenized once (BOS first, as the perplexity
 //     protocol does); each of `nsamples` sequences is a random contiguous crop of `seqlen`

@@ -38,16 +38,17 @@ DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor
   out.mle = at::nll_loss(at::log_softmax(s, -1), y);  // mean over positions
   at::Tensor log_ps = at::log_softmax(s / temperature, -1);
   at::Tensor log_pt = at::log_softmax(t / temperature, -1);
-  // KL(p_t ‖ p_s) per position, averaged over positions (not summed: ALGORITHMS.md 5.5).
+  // KL(p_t ‖ p_s) per position, averaged over positions (not summed: docs/methods/protocols.md,
+  // "Distillation training").
   out.kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean();
   out.total = out.mle + (weight * temperature * temperature) * out.kl;
   return out;
 }
 
 std::string default_train_method() {
-  // ALGORITHMS.md 5.5 trains for the adaptive attention-guided policy; scaled to the 256-token
-  // default sequences: 25% budget (B = 64), K = 16 centroids, prune every 32 tokens over the
-  // last 32 queries.
+  // The reference recipe (docs/methods/protocols.md) trains for the adaptive attention-guided
+  // policy; scaled to the 256-token default sequences: 25% budget (B = 64), K = 16 centroids,
+  // prune every 32 tokens over the last 32 queries.
   if (find_method("attention_prune"))
     return R"({"key":"none","value":"none","policy":{"type":"attention_prune","max_cache_size":64,)"
            R"("num_clusters":16,"pruning_interval":32,"lookback_window":32}})";

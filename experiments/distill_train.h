@@ -1,5 +1,5 @@
 // `kvx train`: distillation fine-tuning so that a model's predictions through a compressing KV
-// cache match its own full-cache predictions (ALGORITHMS.md 5.5).
+// cache match its own full-cache predictions (docs/methods/protocols.md, "Distillation training").
 //
 //   L = L_MLE + λ·T²·KL( softmax(z_teacher/T) ‖ softmax(z_student/T) )
 //

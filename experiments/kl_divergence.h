@@ -1,6 +1,6 @@
 // kl_divergence protocol: how far a compressed cache moves the model's next-token
 // distributions from the full-precision cache's, on the same text, same windows and same chunked
-// feeding (DESIGN.md "Evaluation protocols"). Per scored position t:
+// feeding (docs/methods/protocols.md, "kl_divergence"). Per scored position t:
 //   KL_t = sum_v p_t(v) (log p_t(v) - log q_t(v)),  p = softmax(fp16 logits), q = softmax(method)
 // computed in float64 from the fp32 logits. Metrics (llama.cpp's scoreboard): kl_mean,
 // kl_median, kl_p99, kl_max, top1_agreement (argmax p == argmax q), rms_dp (RMS of

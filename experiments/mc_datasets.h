@@ -1,5 +1,5 @@
-// Multiple-choice dataset adapters for the QAQ protocol (ALGORITHMS.md 3.7), reading the files
-// as the original datasets ship them:
+// Multiple-choice dataset adapters for the QAQ protocol (docs/methods/protocols.md), reading
+// the files as the original datasets ship them:
 //   piqa       <split>.jsonl with {"goal", "sol1", "sol2"} per line and the labels in
 //              <split>-labels.lst next to it (one 0/1 per line); the labels path may be given.
 //              context "Question: {goal}\nAnswer:", choices sol1, sol2.

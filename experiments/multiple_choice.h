@@ -1,5 +1,6 @@
 // multiple_choice protocol: zero-shot multiple-choice accuracy as QAQ's upstream evaluates it
-// (ALGORITHMS.md 3.7), for PIQA, HellaSwag and MathQA files (experiments/mc_datasets.h).
+// (docs/methods/protocols.md, "multiple_choice"), for PIQA, HellaSwag and MathQA files
+// (experiments/mc_datasets.h).
 //
 // Per question and choice i: candidate = context + " " + choice_i, tokenized without special
 // tokens; Lq = token length of the context alone (the candidate's first Lq tokens are taken as

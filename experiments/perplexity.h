@@ -1,4 +1,4 @@
-// The perplexity protocol (DESIGN.md "Evaluation protocols"): the dataset text is tokenized
+// The perplexity protocol (docs/methods/protocols.md, "perplexity"): the dataset text is tokenized
 // once (whole file as one string, no BOS), cut into windows of seq_len tokens every `stride`
 // tokens (0 = seq_len: non-overlapping; a last partial window is dropped), and each window is
 // fed from a fresh cache policy in chunks of `chunk` tokens (1 = exact token-by-token decoding).

@@ -1,4 +1,4 @@
-// Evaluation protocols: what a number in a result row means (DESIGN.md "Evaluation protocols").
+// Evaluation protocols: what a number in a result row means (docs/methods/protocols.md).
 // A protocol is a traits row (name, parameter schema, runner function) in protocol.cpp.
 //
 // A job is canonical JSON:

@@ -1,16 +1,16 @@
-// `aqua` cache policy: AQUA-KV (ALGORITHMS.md section 2). Layer l's de-rotated keys are
+// `aqua` cache policy: AQUA-KV (docs/methods/aqua_kv.md). Layer l's de-rotated keys are
 // predicted from layer l−1's reconstructed keys, its values from [same-layer keys ‖ previous-
 // layer values]; only the residual is stored, quantized with HIGGS (Hadamard groups + nearest
 // point of a d-dimensional grid, packed indices + fp16 scales) or, with `backbone: affine`,
 // with per-token affine groups. Layer 0 has no predictor: it is quantized directly with the
 // first-layer grid (default d=2, n=256: 4 bits), or kept fp16 with not_quantize_first_layer.
 //
-// Token layout (section 2.8; prefill and decoding are the same code path):
+// Token layout ("Token layout and flush rule"; prefill and decoding are the same code path):
 //   [ prefix: positions < prefix_size, fp16 | frozen blocks: codes | buffer: fp16 ]
 // Each update appends the chunk (prefix part, then buffer) and returns everything, the
 // buffer and chunk exact. At layer 0 a step becomes a flush step when the buffer holds
 // >= recent_buffer_size tokens; on a flush step every layer encodes its whole buffer (after
-// building its return value) as its layer of a new block, closed-loop (section 2.5): the
+// building its return value) as its layer of a new block, closed-loop (see the page): the
 // predictors consume reconstructions, so a decoder holding only codes reproduces the encoder's
 // K̂, V̂ bit for bit (decode_block_from_codes; tested). Reconstructions of frozen blocks are kept
 // as a decode cache (upstream does the same); it is reported as a kSide segment
@@ -24,7 +24,7 @@
 // Memory: segments "prefix.{k,v}", "buffer.{k,v}" (fp16), "body.*" (codes and scales of frozen
 // blocks: "body.first.{k,v}.*" for layer 0), side: "side.predictors" (16 bits per weight),
 // "side.grids", "scratch.decoded". aqua_body_bpv() gives the bits per value of the quantized
-// blocks alone (resolution 2.11.2), the number closest to the paper's "bits per value".
+// blocks alone ("Memory"), the number closest to the paper's "bits per value".
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -76,7 +76,7 @@ std::shared_ptr<const AquaRowCodec> aqua_first_codec(const AquaSettings& s, int6
 // Quantizer attributes predictors are fitted for (written by calibration, checked on load).
 nlohmann::json aqua_quantizer_identity(const AquaSettings& s, int64_t C);
 
-// [B, H, T, D] -> [B·T, H·D] head-major rows (section 0), and back.
+// [B, H, T, D] -> [B·T, H·D] head-major rows, and back.
 at::Tensor aqua_rows(const at::Tensor& x);
 at::Tensor aqua_unrows(const at::Tensor& rows, int64_t B, int64_t H, int64_t D);
 

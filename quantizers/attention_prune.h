@@ -1,8 +1,8 @@
-// `attention_prune`: seed 003's adaptive attention-guided pruning + online k-means summary
-// (ALGORITHMS.md 5.1-5.4; "ours" in configs/seed003.yaml). Whole-cache policy, fp16 entries,
-// evicts/merges, never quantizes.
+// `attention_prune`: adaptive attention-guided pruning + online k-means summary
+// (docs/methods/attention_prune.md; "ours" in configs/seed003.yaml). Whole-cache policy, fp16
+// entries, evicts/merges, never quantizes.
 //
-// Parameters (registry schema; defaults = the seed's):
+// Parameters (registry schema; defaults = the published ones):
 //   max_cache_size       B  1024  entries kept after a prune (>= 1)
 //   num_clusters         K   256  centroids; clustering only when K < B (pruning-only: K >= B)
 //   pruning_interval     P   512  tokens between pruning events (>= 1)
@@ -13,7 +13,7 @@
 // Stored: per layer [B, Hkv, n, D] entries in the compute dtype (16 bits counted per element):
 //   a head block (survivors of the last prune, or the K centroids with key_pos -1) and the
 //   tokens appended since (true positions). Nothing else (centroid state = the head block).
-// Scoring (5.3): observe_attention adds Σ_{batch, query heads} probs[:, :, j, :] of every layer
+// Scoring: observe_attention adds Σ_{batch, query heads} probs[:, :, j, :] of every layer
 //   into query row j's accumulator; end_step pushes the chunk's rows into a ring holding the
 //   last Δ rows (older rows dropped; shorter rows zero-padded). I_i = Σ rows.
 // When: end_step counts since_prune += n_new (tokens, R); prune iff since_prune >= P and N > B.
@@ -26,7 +26,7 @@
 //   positions (token count), never the cache length.
 // Memory: 16 · 2 · L · B · Hkv · D · N bits, N = entries held (k.kept/k.centroids/k.recent).
 // Simplifications: scores are summed over the batch (one selection per batch); distillation
-//   (5.5) is a separate `kvx train` step, not part of the policy.
+//   (docs/methods/protocols.md) is a separate `kvx train` step, not part of the policy.
 #pragma once
 #include <cstdint>
 #include <vector>

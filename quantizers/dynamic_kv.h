@@ -1,4 +1,4 @@
-// `dynamic_kv`: DynamicKV (Zhou et al. 2024, arXiv 2412.14838), seed 003 baseline (ALGORITHMS.md 9).
+// `dynamic_kv`: DynamicKV (Zhou et al. 2024, arXiv 2412.14838), a baseline (docs/methods/baselines.md).
 //
 // Paper: task-aware per-layer token budgets. During prefill, each layer scores the prompt's
 // tokens by the attention of the last window of queries; the layers' budgets are set from how

@@ -1,6 +1,6 @@
-// `h2o`: Heavy-Hitter Oracle eviction (Zhang et al. 2023; ALGORITHMS.md 1.3/1.4 baseline).
+// `h2o`: Heavy-Hitter Oracle eviction (Zhang et al. 2023; docs/methods/baselines.md, "h2o").
 //
-// Resolved algorithm (ALGORITHMS.md 1.4):
+// Resolved algorithm (docs/methods/baselines.md, "h2o"):
 //   Per (layer, KV head) every held entry has a cumulative score = Σ of the attention
 //   probabilities it received from every query so far, summed over the query heads of its GQA
 //   group (and over the batch, R: one selection per batch). After each step (end_step), if a

@@ -1,4 +1,4 @@
-// Shared engine of the per-head budgeted eviction baselines of seed 003 (ALGORITHMS.md 9):
+// Shared engine of the per-head budgeted eviction baselines (docs/methods/baselines.md):
 // `dynamic_kv`, `razor`, `uncomp`. Each baseline's own file documents its resolved algorithm
 // and supplies the budget rule; this engine does the storage, scoring and eviction.
 //

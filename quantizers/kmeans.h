@@ -1,7 +1,7 @@
-// `kmeans_cluster`: the online k-means summary of ALGORITHMS.md 5.4 (seed 003), and the math the
+// `kmeans_cluster`: the online k-means summary of docs/methods/attention_prune.md, and the math the
 // attention_prune policy uses for it.
 //
-// Resolved algorithm (ALGORITHMS.md 5.4; resolutions marked R):
+// Resolved algorithm (docs/methods/attention_prune.md, "Online k-means"; resolutions marked R):
 //   State per (layer, KV head) (R: upstream shares one set over all layers and heads):
 //   key centroids mu [K, D] and value summaries nu [K, D], created once, at the first prune that
 //   clusters, from K distinct kept entries chosen at random (seeded std::mt19937_64, partial
@@ -20,7 +20,7 @@
 // `kmeans_cluster` in the registry is the attention_prune policy with clustering required on
 // (num_clusters < max_cache_size); parameters as attention_prune (see attention_prune.h).
 //
-// Worked example (ALGORITHMS.md 5.8, tests/eviction): kept k0=(1,0) k2=(0.8,0.2) k5=(0,1),
+// Worked example (docs/methods/attention_prune.md, tests/eviction): kept k0=(1,0) k2=(0.8,0.2) k5=(0,1),
 // v0=(1,0) v2=(0,1) v5=(2,2), init mu=(k0,k2): batch eta=0.5 -> mu1=(0.6,0.4) nu1=(0.5,1.25);
 // eta=0.01 -> mu1=(0.796,0.204); sequential eta=0.5 -> mu1=(0.4,0.6) nu1=(1,1.5);
 // sequential eta=0.01 -> mu1=(0.792,0.208) nu1=(0.02,1.01).

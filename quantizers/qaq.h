@@ -1,11 +1,11 @@
-// QAQ — quality-adaptive quantization (ALGORITHMS.md section 3; seed 001).
+// QAQ — quality-adaptive quantization (docs/methods/qaq.md).
 //
 // Registry rows:
-//   `qaq`        codec row with the per-role parameters of section 3.2; used in the key and/or
+//   `qaq`        codec row with the per-role parameters ("Parameters"); used in the key and/or
 //                value slot (the slot implies key_or_value_cache). The other slot may be `none`
 //                (that role stays full precision) or `qaq`.
 //   `qaq_cache`  the policy row filled in automatically when a slot uses qaq; it holds the
-//                whole-cache schedule (section 3.5) and builds one QaqPolicy for both roles:
+//                whole-cache schedule ("Schedule") and builds one QaqPolicy for both roles:
 //                  schedule: streaming (default; kvx resolution) — every end_step recomputes every
 //                            token's width with the current T and re-quantizes, from the fp16 host
 //                            copy, each group whose width changed;
@@ -17,9 +17,9 @@
 // one layer; token: L·Hkv·D values): packed b-bit codes of the inliers (ceil(n·b/8) bytes), fp16
 // centre (omitted when symmetric) and fp16 scale, an 8-bit width field, and per outlier an fp16
 // value + a ceil(log2 M)-bit index. The fp16 host copy of every token (needed to re-quantize to a
-// wider width) is reported as offload bits, outside bpv. paper_bpv (section 3.6) is reported by
+// wider width) is reported as offload bits, outside bpv. paper_bpv ("Memory") is reported by
 // qaq_paper_bpv(). A dequantized working view is kept for attention and is not counted (like the
-// dequantized block cache of section 2.11).
+// decoded block cache of docs/methods/aqua_kv.md).
 //
 // Attention (value rule): observe_attention keeps the last W = last_n_attentions query rows of
 // every layer; a_t = max over those rows and over the query heads (and layers) the group covers.
@@ -44,7 +44,7 @@ namespace kvx {
 enum class QaqLevel { Head, Layer, Token };
 enum class QaqSchedule { Streaming, OneShot };
 
-// One role's resolved parameters (section 3.2).
+// One role's resolved parameters (docs/methods/qaq.md, "Parameters").
 struct QaqRoleConfig {
   bool enabled = true;  // false: the slot is `none`, this role stays full precision
   bool is_key = true;
@@ -84,7 +84,7 @@ class QaqPolicy final : public KVCachePolicy {
   // The q_norm the key rule uses: the configured number, or with `auto` the calibrated one
   // (NaN before calibration, or when keys do not use the rule).
   double key_q_norm() const;
-  // Section 3.6: bits per value by the upstream formula (keys and values averaged).
+  // docs/methods/qaq.md, "Memory": bits per value by the upstream formula (keys and values averaged).
   double paper_bpv() const;
   // Width of one group (-1 = kept full precision). Index: head level (layer, b, h, t);
   // layer level (layer, b, 0, t); token level (0, b, 0, t).

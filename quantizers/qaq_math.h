@@ -1,7 +1,7 @@
-// QAQ per-group quantization and bit-width rules (ALGORITHMS.md sections 3.3 and 3.4), as plain
-// functions on float arrays so the worked examples of section 3.9 test them directly.
+// QAQ per-group quantization and bit-width rules (docs/methods/qaq.md, "Group quantization"
+// and "Bit allocation"), as plain functions on float arrays so its worked examples test them.
 //
-// A group is M values (one token's head, layer or whole-model slice, section 3.2 `level`).
+// A group is M values (one token's head, layer or whole-model slice: `level`).
 //   outliers:   r > 0: k_lo = ceil(r/2·M), k_hi = floor((1 − r/2)·M); lo / hi = the k_lo-th /
 //               k_hi-th smallest value (1-based); x is an outlier iff x ≤ lo or x > hi. Outliers
 //               are kept exact (stored fp16 value + index).
@@ -43,7 +43,7 @@ struct GroupStats {
   int64_t inliers = 0;
 };
 
-// Outlier thresholds of section 3.3; r == 0 -> no outliers.
+// Outlier thresholds ("Groups and outliers"); r == 0 -> no outliers.
 GroupStats group_stats(const float* x, int64_t m, const GroupOptions& o);
 
 // Step of the grid for b bits: uniform R/2^b; normal: the std.
@@ -59,7 +59,7 @@ void dequantize_group(const uint8_t* codes, const GroupStats& st, int bits, floa
                       float scale, const float* outlier_values, int64_t m, const GroupOptions& o,
                       float* out);
 
-// Bit-width rules of section 3.4.
+// Bit-width rules ("Bit allocation").
 double key_tolerance(int64_t T, double tau, double q_norm);    // e_K
 double value_tolerance(int64_t T, double tau, double attn);     // e_V,t (attn floored at 1e-12)
 double bits_real(double range, double e, BitsFormula f);        // the log2 before ceil

@@ -1,5 +1,5 @@
 // QaqPolicy: per-token QAQ quantization of keys and values on the cache-policy interface
-// (ALGORITHMS.md 3.3-3.6; contract and storage in quantizers/qaq.h).
+// (docs/methods/qaq.md; contract and storage in quantizers/qaq.h).
 //
 // Host state per role and layer: the full-precision copy `fp` (what re-quantization reads; counted
 // as offload) and the dequantized working view `deq` (what attention reads; not counted), both
@@ -52,7 +52,7 @@ struct QaqPolicy::Impl {
   std::vector<at::Tensor> ring;  // per layer: last W query rows [B, Hq, w, N], CPU fp32
   std::vector<char> seen_attn;
   bool one_shot_done = false;
-  // q_norm: auto (section 3.4): ‖q/√D‖² of every query the model handed over in this sequence
+  // q_norm: auto (docs/methods/qaq.md): ‖q/√D‖² of every query the model handed over in this sequence
   // until the first key quantization; the 90th percentile of these is then fixed for the sequence.
   std::vector<float> q_sq;
   double q_norm_calibrated = 0;
@@ -75,7 +75,7 @@ struct QaqPolicy::Impl {
     return 0;
   }
   // Calls f(fp_ptr, deq_ptr, offset_in_group) for each D-run of a group, in head-major order
-  // (layer-major for level token), matching section 0's flattening.
+  // (layer-major for level token), head-major as in docs/methods/aqua_kv.md.
   template <typename F>
   void for_runs(Role& r, int64_t scope, int64_t t, F f) {
     const int64_t H = info.n_kv_heads, D = info.head_dim;
@@ -203,7 +203,7 @@ struct QaqPolicy::Impl {
         for (int64_t t = 0; t < T; ++t) quantize(r, s, t, c.n_bits_uniform, x, y, codes);
       return;
     }
-    if (T <= 1) return;  // section 3.4 guard: keep full precision
+    if (T <= 1) return;  // T <= 1 guard: keep full precision
     double e_key = 0;
     if (c.is_key) {
       if (c.q_norm <= 0 && q_norm_calibrated <= 0) calibrate_q_norm();

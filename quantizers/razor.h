@@ -1,4 +1,4 @@
-// `razor`: RazorAttention (Tang et al. 2024, arXiv 2407.15891), seed 003 baseline (ALGORITHMS.md 9).
+// `razor`: RazorAttention (Tang et al. 2024, arXiv 2407.15891), a baseline (docs/methods/baselines.md).
 //
 // Paper: a few "retrieval" heads (echo + induction heads) attend across the whole context and
 // keep their full cache; every other head keeps only the attention sinks and a recent window,

@@ -1,4 +1,4 @@
-// `selective_int8` policy (ALGORITHMS.md 6.2/6.3, seed 004): per layer and (batch, KV head)
+// `selective_int8` policy (docs/methods/selective_int8.md): per layer and (batch, KV head)
 //     [ sink: positions < sink_size, fp | body: int8 absmax per token per head + fp32 scale |
 //       window: last window_size positions, fp ]
 // Tokens enter int8 exactly once, when they leave the window (README semantics, not the

@@ -1,5 +1,5 @@
-// `sink_window` eviction policy (ALGORITHMS.md 6.4, StreamingLLM-style): per layer keep the
-// first sink_size positions and the last window_size positions in full precision; everything
+// `sink_window` eviction policy (docs/methods/sink_window.md, StreamingLLM-style): per layer
+// keep the first sink_size positions and the last window_size positions in full precision; everything
 // else is evicted for good (its storage is released). Keys keep their original RoPE rotation
 // and key_pos carries their true positions; AttnInputs.sink/window make the model's mask give
 // every query of a chunk its own exact window (query p sees pos iff pos <= p and

@@ -1,4 +1,4 @@
-// `uncomp`: UNComp (Xiong et al. 2024, arXiv 2410.03090), seed 003 baseline (ALGORITHMS.md 9).
+// `uncomp`: UNComp (Xiong et al. 2024, arXiv 2410.03090), a baseline (docs/methods/baselines.md).
 //
 // Paper: estimate each layer's / head's uncertainty by the (truncated) matrix entropy of its
 // representations over the prompt tokens, group layers and heads by it, and give low-entropy

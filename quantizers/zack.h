@@ -1,6 +1,6 @@
 // `zack`: ZACK dimensionality compression of the KV cache (Zhang & Shen 2024, "Zero-overhead
-// LLM inference acceleration via dimensionality compression of the KV cache"), seed 003
-// baseline (ALGORITHMS.md 9).
+// LLM inference acceleration via dimensionality compression of the KV cache"), a
+// baseline (docs/methods/baselines.md).
 //
 // Paper core: per layer and head, keys and values are projected onto a low-rank basis obtained
 // by PCA/SVD of calibration activations; the cache stores the r-dimensional coefficients and

@@ -1,5 +1,5 @@
-// Affine min-max group quantizer (ALGORITHMS.md 1.5.1, Quanto semantics) with the two KVQ
-// groupings of section 4.3, storing real packed codes plus 16-bit per-group metadata.
+// Affine min-max group quantizer (docs/methods/kvq.md, Quanto semantics) with the two KVQ
+// groupings, storing real packed codes plus 16-bit per-group metadata.
 //
 // For a group x_1..x_G and b bits (statistics in fp32):
 //   m = min x, M = max x, s = (M - m)/(2^b - 1), z = -m,

@@ -1,4 +1,5 @@
-// Bit packing of unsigned codes of b ∈ {1, 2, 3, 4, 8} bits (ALGORITHMS.md 1.4).
+// Bit packing of unsigned codes of b ∈ {1, 2, 3, 4, 8} bits (docs/methods/README.md,
+// "Memory accounting").
 //
 // Layout: code i occupies stream bits [i·b, i·b + b), LSB-first; the stream is stored in
 // ceil(n·b/8) bytes, byte j holding stream bits [8j, 8j+8). Read as little-endian 32-bit words

@@ -156,7 +156,7 @@ Grid generate_grid(int d, int n, int64_t samples, int steps, uint64_t seed) {
       for (int k = 0; k < d; ++k) {
         double s = 0;
         for (int c = 0; c < kChunks; ++c) s += sums[(size_t(c) * n + i) * d + k];
-        // Empty cell keeps its point (resolution, ALGORITHMS.md 2.7).
+        // Empty cell keeps its point (resolution, docs/methods/aqua_kv.md).
         C[size_t(i) * d + k] = cnt > 0 ? float(s / cnt) : G[size_t(i) * d + k];
       }
     }

@@ -1,5 +1,6 @@
-// HIGGS grids Γ ∈ R^{n×d} (ALGORITHMS.md 2.7): MSE-optimal points for the standard normal in
-// d dimensions, built by stochastic Lloyd iteration, or the upstream (2,16) grid for tests.
+// HIGGS grids Γ ∈ R^{n×d} (docs/methods/aqua_kv.md, "HIGGS quantizer"): MSE-optimal points
+// for the standard normal in d dimensions, built by stochastic Lloyd iteration, or the upstream
+// (2,16) grid for tests.
 //
 // Generation is deterministic given (d, n, samples, steps, seed): samples come from a
 // self-contained xoshiro256** + Box–Muller generator (not std::normal_distribution, whose

@@ -1,5 +1,5 @@
-// Walsh–Hadamard transform (ALGORITHMS.md 1.5.3): unnormalized Sylvester matrix
-// H_g[i][j] = (-1)^popcount(i & j), so H_g·H_g = g·I; the inverse is H_g(y)/g.
+// Walsh–Hadamard transform (docs/methods/aqua_kv.md, "HIGGS quantizer"): the unnormalized
+// Sylvester matrix H_g[i][j] = (-1)^popcount(i & j), so H_g·H_g = g·I; the inverse is H_g(y)/g.
 // The CPU path is an in-place butterfly on fp32 rows; the tensor path works on any device
 // (CUDA included) with log2(g) stride-split steps of ATen ops, so no separate kernel is needed
 // for correctness. Both give identical results on CPU for fp32 (same additions, same order).

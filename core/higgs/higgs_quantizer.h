@@ -1,11 +1,12 @@
-// HIGGS quantizer Q / Deq of token rows (ALGORITHMS.md 2.6) with real storage: bit-packed grid
-// indices (log2(n) bits each, core/higgs/index_packing.h) and fp16 per-group scales.
+// HIGGS quantizer Q / Deq of token rows (docs/methods/aqua_kv.md, "HIGGS quantizer") with real
+// storage: bit-packed grid indices (log2(n) bits each, core/higgs/index_packing.h) and fp16
+// per-group scales.
 //
 // For a row x ∈ R^C: pad to C' = ceil(C/g)·g with zeros; per group j of g coordinates,
 // s_j = ‖x_j‖₂ (fp32), u_j = H_g x_j / s_j (u_j = 0 when s_j = 0), pad u_j to a multiple of d,
 // index each d-vector by its nearest grid point. Deq: γ_idx, cut to g, ·s_j (the stored fp16
-// value), H_g(·)/g, cut to C. The effective group is g_eff = min(g, next_pow2(C)) (resolution
-// 2.11.1), so small models do not pay for codes of a 1024-wide zero pad.
+// value), H_g(·)/g, cut to C. The effective group is g_eff = min(g, next_pow2(C)) (a kvx
+// resolution), so small models do not pay for codes of a 1024-wide zero pad.
 #pragma once
 #include <ATen/core/Tensor.h>
 

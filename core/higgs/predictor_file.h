@@ -1,4 +1,4 @@
-// AQUA-KV predictor files (ALGORITHMS.md 2.9 step 8): one HDF5 file holding
+// AQUA-KV predictor files (docs/methods/aqua_kv.md, "Calibration"): one HDF5 file holding
 //   /key_predictor/{l}/weight [C, C],  /key_predictor/{l}/bias [C]        for l = 1..L-1
 //   /value_predictor/{l}/weight [C, 2C], /value_predictor/{l}/bias [C]
 //   /metrics/{name} [L] float64 (per-layer relMSE and equivalent bits, train and valid)

@@ -1,6 +1,6 @@
-// Closed-form ridge regression with intercept (ALGORITHMS.md 2.9 step 6), the AQUA-KV predictor
-// fit: X₁ = [X, 1], M = X₁ᵀX₁, M_ii += percdamp · mean_k |M_kk| for EVERY diagonal entry (the
-// intercept's included), W₁ = pinv(M)·X₁ᵀY; weight = first rows of W₁ transposed to [out, in],
+// Closed-form ridge regression with intercept, the AQUA-KV predictor fit (docs/methods/aqua_kv.md,
+// "Calibration"): X₁ = [X, 1], M = X₁ᵀX₁, M_ii += percdamp · mean_k |M_kk| for EVERY diagonal
+// entry (the intercept's included), W₁ = pinv(M)·X₁ᵀY; weight = first rows of W₁ transposed to [out, in],
 // bias = last row. Sums are accumulated over row chunks in fp64 (upstream: fp32; fp64 only
 // removes round-off) and solved in fp64; results come back fp32.
 #pragma once

@@ -1,7 +1,7 @@
 // Rotary position embeddings with Llama's rotate_half pairing (channel k pairs with k + D/2),
 // matching transformers: angles = pos * inv_freq in fp32, cos/sin cast to the input dtype.
 // apply(..., inverse=true) rotates by -angle, so apply(apply(x, p), p, true) == x; quantizers
-// use the inverse to work on pre-RoPE keys (ALGORITHMS.md 1.5.4).
+// use the inverse to work on pre-RoPE keys (docs/methods/aqua_kv.md).
 #pragma once
 #include <ATen/core/Tensor.h>
 

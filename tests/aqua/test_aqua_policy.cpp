@@ -1,4 +1,4 @@
-// The aqua cache policy: flush rule of ALGORITHMS.md 2.8, closed-loop decoding (2.5),
+// The aqua cache policy: flush rule and closed-loop decoding of docs/methods/aqua_kv.md,
 // predictor files and memory accounting.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
-// HIGGS core: Hadamard transform, index packing, the quantizer against ALGORITHMS.md 2.12's
-// worked example and an independent slow implementation, and grid generation.
+// HIGGS core: Hadamard transform, index packing, the quantizer against the worked example of
+// docs/methods/aqua_kv.md and an independent slow implementation, and grid generation.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <unistd.h>

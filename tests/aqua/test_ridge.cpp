@@ -1,4 +1,4 @@
-// Ridge predictor fit (ALGORITHMS.md 2.9 step 6) against the worked examples of section 2.12.
+// Ridge predictor fit against the worked examples of docs/methods/aqua_kv.md ("Calibration").
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -13,7 +13,7 @@ TEST(Ridge, WorkedExampleWithoutDamping) {
   EXPECT_NEAR(f.weight[0][0].item<float>(), 2.06, 1e-5);
   EXPECT_NEAR(f.bias[0].item<float>(), 0.96, 1e-5);
   auto res = (f.apply(X) - Y).reshape({4});
-  const float want[4] = {-0.04f, 0.02f, 0.08f, -0.06f};  // f(X) − Y (section 2.12 lists Y − f(X))
+  const float want[4] = {-0.04f, 0.02f, 0.08f, -0.06f};  // f(X) − Y, as the page lists them
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(res[i].item<float>(), want[i], 1e-5);
   const double r = rel_mse(f.apply(X), Y);
   EXPECT_NEAR(r, 1.3819e-4, 1e-8);

@@ -1,5 +1,6 @@
-// The affine min-max quantizer and int8 absmax against ALGORITHMS.md's worked examples
-// (sections 4.7 and 6.7) and against an independent slow reference of the group statistics.
+// The affine min-max quantizer and int8 absmax against the worked examples of
+// docs/methods/kvq.md and docs/methods/selective_int8.md, and against an independent slow
+// reference of the group statistics.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 

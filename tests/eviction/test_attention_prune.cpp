@@ -1,5 +1,5 @@
-// Seed 003's adaptive policy (quantizers/attention_prune.h, kmeans.h) and h2o against
-// hand-computed numbers: the ALGORITHMS.md 5.8 worked example (batch, eta 0.5 and 0.01), the
+// The adaptive policy (quantizers/attention_prune.h, kmeans.h) and h2o against hand-computed
+// numbers: the worked example of docs/methods/attention_prune.md (batch, eta 0.5 and 0.01), the
 // sequential k-means form, the prune trigger (since_prune >= P and N > B), ties to the more
 // recent entry, true positions of kept (RoPE-rotated) keys, real memory release.
 #include <ATen/ATen.h>
@@ -40,7 +40,7 @@ std::vector<int64_t> ivec(const at::Tensor& t) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
-// Section 5.8 data: keys/values of 6 entries (entries 1, 3, 4 are dropped, values arbitrary).
+// Worked-example data: keys/values of 6 entries (entries 1, 3, 4 are dropped, values arbitrary).
 const std::vector<float> kK = {1, 0, 9, 9, 0.8f, 0.2f, 9, 9, 9, 9, 0, 1};
 const std::vector<float> kV = {1, 0, 7, 7, 0, 1, 7, 7, 7, 7, 2, 2};
 // The two lookback rows (the last Δ = 2 query rows of a 6-token chunk).
@@ -52,7 +52,7 @@ at::Tensor probs58() {
   return p;
 }
 
-// Feeds one 6-token chunk through the single layer with the 5.8 attention rows, returns the
+// Feeds one 6-token chunk through the single layer with the worked example's attention rows, returns the
 // next step's attention inputs (one more token at position 6).
 kvx::AttnInputs run58(double eta, bool sequential, int64_t K, double* bits_before = nullptr,
                       kvx::MemoryReport* after = nullptr) {

@@ -61,7 +61,8 @@ TEST(GenerationProtocol, FullPrecisionAgreesWithItself) {
   EXPECT_GT(m["decode_tok_s"].get<double>(), 0.0);
   EXPECT_GT(m["prefill_tok_s"].get<double>(), 0.0);
   // 6 layers · 1 batch · 4 kv heads · 64 dims · (48 prompt + 7 decoded tokens cached) · 2 (K, V)
-  // · 2 bytes (the full-precision policy accounts values as fp16, ALGORITHMS.md 1.4).
+  // · 2 bytes (the full-precision policy accounts values as fp16,
+  // docs/methods/README.md, "Memory accounting").
   EXPECT_EQ(m["kv_bytes_max"].get<int64_t>(), 6 * 4 * 64 * 55 * 2 * 2);
   // Held over time: after the prefill (48 tokens) and the 7 decode steps (49..55): 51.5 on average.
   EXPECT_DOUBLE_EQ(m["kv_bytes_mean"].get<double>(), 6 * 4 * 64 * 51.5 * 2 * 2);

@@ -1,5 +1,5 @@
-// QAQ group quantization and bit-width rules against the worked examples of ALGORITHMS.md 3.9
-// (numbers typed from the spec, not produced by this code).
+// QAQ group quantization and bit-width rules against the worked examples of docs/methods/qaq.md
+// (numbers typed from the page, not produced by this code).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -45,7 +45,8 @@ TEST(QaqMath, OutliersOfWorkedExample) {
 }
 
 TEST(QaqMath, OutliersOfM128MarkMinAndMax) {
-  // Section 3.3 note: M = 128, r = 0.01 marks exactly the minimum and the maximum.
+  // docs/methods/qaq.md, "Groups and outliers": M = 128, r = 0.01 marks exactly the minimum and
+  // the maximum.
   std::vector<float> x(128);
   for (int i = 0; i < 128; ++i) x[i] = float((i * 37) % 128) - 60.f;
   GroupOptions o;

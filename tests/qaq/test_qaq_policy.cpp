@@ -1,6 +1,6 @@
 // QaqPolicy through the cache-policy interface, with random K/V and synthetic attention
-// probabilities, checked against an independent slow reference of section 3.4's rules (widths)
-// and of section 1.4's accounting (memory), and the registry wiring of the qaq rows.
+// probabilities, checked against an independent slow reference of docs/methods/qaq.md's rules
+// (widths) and accounting (memory), and the registry wiring of the qaq rows.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -88,7 +88,7 @@ struct Driver {
     p.end_step(s);
   }
 
-  // Section 3.3: with no ties the outliers are the k_lo smallest and the M - k_hi largest.
+  // "Groups and outliers": with no ties the outliers are the k_lo smallest and the M - k_hi largest.
   static double inlier_range(std::vector<float> x, double r, bool symmetric = false) {
     std::sort(x.begin(), x.end());
     const int64_t M = int64_t(x.size());
@@ -330,7 +330,7 @@ TEST(QaqPolicy, ValueRuleWithoutAttentionFailsClearly) {
 }
 
 // q_norm: auto = the 90th percentile of ‖q/√D‖² over the queries seen up to the first key
-// quantization (section 3.4), computed here from the driver's own record of the queries.
+// quantization (docs/methods/qaq.md), computed here from the driver's own record of the queries.
 static QaqRoleConfig auto_keys() {
   auto kc = role(true, QaqLevel::Head);
   kc.q_norm = 0;

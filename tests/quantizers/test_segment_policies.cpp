@@ -1,7 +1,8 @@
 // Cache policies built through the registry, fed random keys/values through update():
 // the chunk comes back exactly, cached tokens within the quantization bound, the KVQ flush
-// schedule of ALGORITHMS.md 4.4, memory() equal to closed formulas computed here, and the
-// layouts / masks of the section 6.7 worked examples.
+// schedule (docs/methods/kvq.md, "The flush rule"), memory() equal to closed formulas computed
+// here, and the layouts / masks of the worked examples of docs/methods/selective_int8.md and
+// docs/methods/sink_window.md.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -135,7 +136,7 @@ struct Side {
   bool fp = false;
 };
 
-// Body block sizes and residual length after the chunks, by ALGORITHMS.md 4.4.
+// Body block sizes and residual length after the chunks, by docs/methods/kvq.md, "The flush rule".
 void kvq_schedule(const std::vector<int64_t>& chunks, int64_t R, bool requant, std::vector<int64_t>& blocks,
                   int64_t& resid) {
   bool started = false, open = false;
@@ -236,7 +237,7 @@ TEST(SegmentsPolicy, SinkTokensStayExact) {
   EXPECT_EQ(seg(p->memory(), "k.sink"), 4 * 32);
 }
 
-// ---- selective_int8 and sink_window (ALGORITHMS.md 6.7) ---------------------------------------
+// ---- selective_int8 and sink_window (docs/methods/selective_int8.md, sink_window.md) -----------
 
 TEST(SelectiveInt8, LayoutS2W3N10) {
   const int64_t B = 1, H = 2, D = 8;

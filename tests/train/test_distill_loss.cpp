@@ -1,4 +1,5 @@
-// The distillation objective of ALGORITHMS.md 5.5 on hand-computed tiny logits.
+// The distillation objective (docs/methods/protocols.md, "Distillation training") on hand-computed
+// tiny logits.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
