@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <chrono>
 #include <deque>
 #include <mutex>
@@ -17,49 +18,91 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Greedy argmax of the last row of logits [T, V] as a [1, 1] id on the device.
-at::Tensor argmax_last(const at::Tensor& logits) { return logits.narrow(0, logits.size(0) - 1, 1).argmax(-1, true); }
+// Greedy argmax of the last position of logits [B, T, V] as [B, 1] ids on the device.
+at::Tensor argmax_last(const at::Tensor& logits) { return logits.select(1, logits.size(1) - 1).argmax(-1, true); }
+
+std::vector<GreedyOutput> greedy_generate_rows(CausalLM& model, KVCachePolicy& policy,
+                                               const std::vector<const std::vector<int32_t>*>& prompts,
+                                               const GreedyOptions& opt) {
+  const int64_t B = int64_t(prompts.size());
+  if (B == 0 || prompts[0]->empty()) throw error("generation: empty prompt");
+  const int64_t n = int64_t(prompts[0]->size());
+  std::vector<const int32_t*> rows;
+  for (const auto* p : prompts) {
+    if (int64_t(p->size()) != n) throw error("generation: prompts decoded together must have one length");
+    rows.push_back(p->data());
+  }
+  std::vector<GreedyOutput> out(static_cast<size_t>(B));
+  if (opt.new_tokens <= 0) return out;
+  auto t0 = Clock::now();
+  at::Tensor next;  // [B, 1] on the device: fed straight back, no host round trip per step
+  policy.reset(model.info(), B);
+  feed_rows(model, policy, ids_rows(rows, n), 0, opt.prefill_chunk, [&](int64_t off, const at::Tensor& logits) {
+    if (off + logits.size(1) == n) next = argmax_last(logits);
+  });
+  at::Tensor ids = at::empty({B, opt.new_tokens}, next.options());
+  ids.narrow(1, 0, 1).copy_(next);
+  // reading it ends the prefill's timing (an eos of -1 matches no id)
+  const bool all_ended = next.eq(opt.eos).all().item<bool>();
+  const double prefill_s = since(t0);
+  double bytes_sum = double(policy.memory().device_bytes());
+  // With an EOS, the ids are read every kEosCheck steps (steps past a row's EOS are computed and
+  // dropped; the batch stops once every row has one); without one, only at the end.
+  constexpr int64_t kEosCheck = 16;
+  int64_t made = 1;  // ids generated so far
+  t0 = Clock::now();
+  DecodeSteps steps(model, policy, default_step_mode(model));
+  if (!all_ended)
+    while (made < opt.new_tokens) {
+      next = argmax_last(steps.forward(next, n + made - 1));
+      ids.narrow(1, made, 1).copy_(next);
+      ++made;
+      bytes_sum += double(policy.memory().device_bytes());
+      if (opt.eos >= 0 && made % kEosCheck == 0 && ids.narrow(1, 0, made).eq(opt.eos).any(1).all().item<bool>()) break;
+    }
+  const at::Tensor host = ids.narrow(1, 0, made).cpu().contiguous();
+  const double decode_s = since(t0);
+  // Each row carries its share of the batch's time and memory, so sums over rows give rates.
+  for (int64_t b = 0; b < B; ++b) {
+    GreedyOutput& o = out[size_t(b)];
+    const int64_t* h = host.data_ptr<int64_t>() + b * made;
+    for (int64_t i = 0; i < made && !(opt.eos >= 0 && h[i] == opt.eos); ++i) o.tokens.push_back(int32_t(h[i]));
+    o.prefill_s = prefill_s / double(B);
+    o.decode_s = decode_s / double(B);
+    o.prefill_tokens = n;
+    o.decode_steps = made - 1;
+    o.kv_bytes_mean = bytes_sum / double(B) / double(made);
+    o.step_mode = steps.mode();
+  }
+  out[0].steps = steps.stats();  // the batch's forward calls, counted once
+  return out;
+}
 }  // namespace
 
 GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
                              const GreedyOptions& opt) {
   if (prompt.empty()) throw error("generation: empty prompt");
-  GreedyOutput out;
-  if (opt.new_tokens <= 0) return out;
-  const int64_t n = int64_t(prompt.size());
-  auto t0 = Clock::now();
-  at::Tensor next;  // [1, 1] on the device: fed straight back, no host round trip per step
-  feed_chunks(model, policy, prompt.data(), n, opt.prefill_chunk, [&](int64_t off, const at::Tensor& logits) {
-    if (off + logits.size(0) == n) next = argmax_last(logits);
-  });
-  at::Tensor ids = at::empty({opt.new_tokens}, next.options());
-  ids.narrow(0, 0, 1).copy_(next.view({1}));
-  const int32_t first = int32_t(next.item<int64_t>());  // the prefill's end (its timing)
-  out.prefill_s = since(t0);
-  out.prefill_tokens = n;
-  double bytes_sum = double(policy.memory().device_bytes());
-  // With an EOS, the ids are read every kEosCheck steps (steps past an EOS are computed and
-  // dropped); without one, only at the end.
-  constexpr int64_t kEosCheck = 16;
-  int64_t made = 1;  // ids generated so far
-  t0 = Clock::now();
-  DecodeSteps steps(model, policy, default_step_mode(model));
-  if (opt.eos < 0 || first != opt.eos)
-    while (made < opt.new_tokens) {
-      next = argmax_last(steps.forward(next, n + made - 1)[0]);
-      ids.narrow(0, made, 1).copy_(next.view({1}));
-      ++made;
-      ++out.decode_steps;
-      bytes_sum += double(policy.memory().device_bytes());
-      if (opt.eos >= 0 && made % kEosCheck == 0 && ids.narrow(0, 0, made).eq(opt.eos).any().item<bool>()) break;
-    }
-  const at::Tensor host = ids.narrow(0, 0, made).cpu();
-  out.decode_s = since(t0);
-  const int64_t* h = host.data_ptr<int64_t>();
-  for (int64_t i = 0; i < made && !(opt.eos >= 0 && h[i] == opt.eos); ++i) out.tokens.push_back(int32_t(h[i]));
-  out.kv_bytes_mean = bytes_sum / double(out.decode_steps + 1);
-  out.step_mode = steps.mode();
-  out.steps = steps.stats();
+  return std::move(greedy_generate_rows(model, policy, {&prompt}, opt)[0]);
+}
+
+std::vector<GreedyOutput> greedy_generate_all(CausalLM& model, KVCachePolicy& policy,
+                                              const std::vector<const std::vector<int32_t>*>& prompts,
+                                              const std::vector<GreedyOptions>& opts, int64_t batch,
+                                              const std::function<void(double)>& progress,
+                                              const std::function<void(int64_t)>& after_batch) {
+  std::vector<std::array<int64_t, 2>> shapes;
+  for (size_t i = 0; i < prompts.size(); ++i) shapes.push_back({int64_t(prompts[i]->size()), opts[i].new_tokens});
+  std::vector<GreedyOutput> out(prompts.size());
+  size_t done = 0;
+  for (const auto& rows : same_shape_batches(shapes, batch)) {
+    if (progress) progress(double(done) / double(prompts.size()));
+    std::vector<const std::vector<int32_t>*> ps;
+    for (size_t i : rows) ps.push_back(prompts[i]);
+    auto got = greedy_generate_rows(model, policy, ps, opts[rows[0]]);
+    for (size_t r = 0; r < rows.size(); ++r) out[rows[r]] = std::move(got[r]);
+    if (after_batch) after_batch(int64_t(rows.size()));
+    done += rows.size();
+  }
   return out;
 }
 
@@ -116,10 +159,17 @@ struct FullPrecisionRun {
   int64_t prefill_tokens = 0, decode_steps = 0;
 };
 
+// Pointers to the prompts' ids, in prompt order.
+std::vector<const std::vector<int32_t>*> prompt_ids(const std::vector<Prompt>& prompts) {
+  std::vector<const std::vector<int32_t>*> out;
+  for (const auto& p : prompts) out.push_back(&p.ids);
+  return out;
+}
+
 // fp16 continuations depend on everything but the method: computed once per worker per setting.
 std::shared_ptr<const FullPrecisionRun> full_precision_run(const std::string& key, CausalLM& model,
                                                            const std::vector<Prompt>& prompts,
-                                                           const GreedyOptions& g, JobContext& ctx) {
+                                                           const GreedyOptions& g, int64_t batch, JobContext& ctx) {
   static std::mutex mu;
   static std::deque<std::pair<std::string, std::shared_ptr<const FullPrecisionRun>>> memo;
   {
@@ -129,9 +179,9 @@ std::shared_ptr<const FullPrecisionRun> full_precision_run(const std::string& ke
   }
   auto run = std::make_shared<FullPrecisionRun>();
   auto fp = make_full_precision_policy();
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    check_cancel(ctx, 0.5 * double(i) / prompts.size());
-    GreedyOutput o = greedy_generate(model, *fp, prompts[i].ids, g);
+  const auto outs = greedy_generate_all(model, *fp, prompt_ids(prompts), std::vector<GreedyOptions>(prompts.size(), g),
+                                        batch, [&](double f) { check_cancel(ctx, 0.5 * f); }, nullptr);
+  for (const GreedyOutput& o : outs) {
     run->outputs.push_back(o.tokens);
     run->prefill_s += o.prefill_s;
     run->decode_s += o.decode_s;
@@ -173,7 +223,11 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   ref_id["dtype"] = job.at("model").value("dtype", std::string("float32"));
   ref_id["device"] = ctx.device;
   ref_id["dataset"] = job.at("dataset").value("hash", job.at("dataset").value("path", std::string()));
-  auto fp = full_precision_run(ref_id.dump(), *jm.model, prompts, g, ctx);
+  int64_t longest = 0;
+  for (const auto& p : prompts) longest = std::max<int64_t>(longest, int64_t(p.ids.size()));
+  const int64_t room = protocol_batch(P, *jm.model, longest + g.new_tokens, g.prefill_chunk > 0 ? g.prefill_chunk : longest);
+  auto fp = full_precision_run(ref_id.dump(), *jm.model, prompts, g, room, ctx);
+  JobBatch jb = job_batch(job.at("method"), room);
 
   auto inner = make_policy(job.at("method"));
   // profiling synchronizes every layer (and keeps decode steps eager): only when asked
@@ -188,10 +242,14 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   StepMode step_mode = StepMode::Eager;
   DecodeSteps::Stats step_stats;
   std::vector<int32_t> first_output;
+  const auto outs = greedy_generate_all(
+      *jm.model, method, prompt_ids(prompts), std::vector<GreedyOptions>(prompts.size(), g), jb.size,
+      [&](double f) { check_cancel(ctx, 0.5 + 0.5 * f); }, [&](int64_t rows) {
+        mem.sample(method, *jm.model, rows);
+        jb.ran(rows);
+      });
   for (size_t i = 0; i < prompts.size(); ++i) {
-    check_cancel(ctx, 0.5 + 0.5 * double(i) / prompts.size());
-    GreedyOutput o = greedy_generate(*jm.model, method, prompts[i].ids, g);
-    mem.sample(method, *jm.model);
+    const GreedyOutput& o = outs[i];
     kv_mean_sum += o.kv_bytes_mean;
     prefill_s += o.prefill_s;
     decode_s += o.decode_s;
@@ -240,6 +298,7 @@ nlohmann::json run_generation(const nlohmann::json& job, JobContext& ctx) {
   m["sample_fp16"] = jm.tokenizer->decode(fp->outputs[0]);
   write_paths(m, inner->paths());
   write_decode_steps(m, step_mode, step_stats);
+  jb.write(m);
   m["policy"] = inner->name();
   return m;
 }
@@ -254,6 +313,7 @@ ProtocolTraits generation_protocol() {
       {"prompt_len", ParamType::Int, 256, 0, 1 << 24, {},
        "text: prompt tokens per span; JSONL: longer prompts keep first and last halves (0 = context - new_tokens)"},
       {"chunk", ParamType::Int, 512, 0, 1 << 24, {}, "prefill chunk in tokens (0 = whole prompt at once)"},
+      kBatchParam,
       {"stop_at_eos", ParamType::Bool, true, -1e300, 1e300, {}, "stop a continuation at the tokenizer's EOS"},
       {"profile", ParamType::Bool, false, -1e300, 1e300, {},
        "record per-phase times (prefill, decode, inside the cache policy, rest)"},

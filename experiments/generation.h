@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/model/decode_steps.h"
@@ -49,6 +50,17 @@ struct GreedyOutput {
 // are dropped).
 GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
                              const GreedyOptions& opt);
+// Greedy outputs of every prompt (opts: one per prompt), in prompt order, decoded `batch` at a
+// time among prompts of one length and new_tokens (same_shape_batches: each row's tokens are the
+// ones it gets alone). A row's times, bytes and step counts are its share of its batch's (the
+// forward-call counts `steps` go to a batch's first row), so sums over prompts give rates.
+// progress(fraction done) runs before each batch; after_batch(rows) after it, while the policy
+// still holds the batch's sequences.
+std::vector<GreedyOutput> greedy_generate_all(CausalLM& model, KVCachePolicy& policy,
+                                              const std::vector<const std::vector<int32_t>*>& prompts,
+                                              const std::vector<GreedyOptions>& opts, int64_t batch,
+                                              const std::function<void(double)>& progress,
+                                              const std::function<void(int64_t rows)>& after_batch);
 
 // Keeps the first and last halves of a prompt longer than max_tokens.
 std::vector<int32_t> truncate_middle(const std::vector<int32_t>& ids, int64_t max_tokens);

@@ -159,11 +159,9 @@ class ReferenceCache {
 at::Tensor windows_logits(CausalLM& model, KVCachePolicy& policy, const std::vector<const int32_t*>& rows, int64_t len,
                              int64_t chunk, int64_t from) {
   const int64_t nb = int64_t(rows.size());
-  at::Tensor ids = at::empty({nb, len}, at::kLong);
-  for (int64_t b = 0; b < nb; ++b) ids[b].copy_(ids_tensor(rows[size_t(b)], len)[0]);
   policy.reset(model.info(), nb);
   std::vector<at::Tensor> parts;
-  feed_rows(model, policy, ids, 0, chunk, [&](int64_t off, const at::Tensor& logits) {
+  feed_rows(model, policy, ids_rows(rows, len), 0, chunk, [&](int64_t off, const at::Tensor& logits) {
     const int64_t lo = std::max(from, off), hi = std::min(len - 1, off + logits.size(1));
     if (hi > lo) parts.push_back(logits.narrow(1, lo - off, hi - lo).clone());  // stays on the device: no wait per chunk
   });
@@ -211,7 +209,8 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
   int64_t ref_reused = 0, ref_forwards = 0;
   // Windows go through the model `batch` at a time, each with the numbers it gets alone; the
   // reference runs only for the windows it has not computed before.
-  const int64_t batch = method_batches(job.at("method")) ? protocol_batch(P, *jm.model, seq_len, chunk) : 1;
+  JobBatch jb = job_batch(job.at("method"), protocol_batch(P, *jm.model, seq_len, chunk));
+  const int64_t batch = jb.size;
   for (size_t w0 = 0; w0 < windows.size(); w0 += size_t(batch)) {
     check_cancel(ctx, double(w0) / windows.size());
     const size_t nb = std::min(size_t(batch), windows.size() - w0);
@@ -241,6 +240,7 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
       ref_forwards += int64_t(missing.size());
     }
     const at::Tensor got = windows_logits(*jm.model, *method, rows, len, chunk, warmup);
+    jb.ran(int64_t(nb));
     mem.sample(*method, *jm.model, int64_t(nb));
     for (size_t b = 0; b < nb; ++b)
       acc.add(refs[b], got[int64_t(b)], ids_tensor(rows[b] + warmup + 1, len - 1 - warmup)[0]);
@@ -252,8 +252,7 @@ nlohmann::json run_kl_divergence(const nlohmann::json& job, JobContext& ctx) {
   m["windows"] = int64_t(windows.size());
   m["reference_windows_reused"] = ref_reused;
   m["reference_windows_computed"] = ref_forwards;
-  m["batch"] = batch;
-  if (batch < pint(P, "batch")) m["batch_note"] = "the method keeps state across sequences: its windows ran one at a time";
+  jb.write(m);
   write_paths(m, method->paths());
   m["policy"] = method->name();
   return m;

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/common/error.h"
@@ -78,25 +80,45 @@ nlohmann::json run_long_ppl(const nlohmann::json& job, JobContext& ctx) {
   }
 
   auto policy = make_policy(job.at("method"));
-  BucketedNll acc(pint(P, "bucket"));
-  KvMemoryPeak mem;
+  std::vector<std::array<int64_t, 2>> shapes;
   int64_t longest = 0;
-  for (size_t d = 0; d < docs.size(); ++d) {
-    check_cancel(ctx, double(d) / docs.size());
-    const auto& ids = docs[d];
-    const int64_t n = int64_t(ids.size());
-    longest = std::max(longest, n);
-    at::Tensor targets = ids_tensor(ids.data(), n)[0];
-    feed_chunks(*jm.model, *policy, ids.data(), n, chunk, [&](int64_t off, const at::Tensor& logits) {
-      const int64_t len = std::min<int64_t>(logits.size(0), n - 1 - off);  // the last position predicts nothing
-      if (len <= 0) return;
-      at::Tensor lp = at::log_softmax(logits.narrow(0, 0, len).to(at::kDouble), -1);
-      at::Tensor nll = -lp.gather(1, targets.narrow(0, off + 1, len).view({-1, 1}).to(lp.device())).view(-1).cpu();
-      const double* p = nll.contiguous().data_ptr<double>();
-      for (int64_t i = 0; i < len; ++i) acc.add(off + i + 1, p[i]);
-    });
-    mem.sample(*policy, *jm.model);
+  for (const auto& d : docs) {
+    shapes.push_back({int64_t(d.size()), 0});
+    longest = std::max(longest, int64_t(d.size()));
   }
+  JobBatch jb = job_batch(job.at("method"), protocol_batch(P, *jm.model, longest, chunk));
+  KvMemoryPeak mem;
+  // Documents of one length go through the model `batch` at a time; each keeps its own NLL per
+  // position, added to the buckets in document order afterwards (the sums of batch 1).
+  std::vector<std::vector<double>> nll(docs.size());
+  size_t done = 0;
+  for (const auto& rows : same_shape_batches(shapes, jb.size)) {
+    check_cancel(ctx, double(done) / docs.size());
+    const int64_t nb = int64_t(rows.size()), n = shapes[rows[0]][0];
+    std::vector<const int32_t*> ptrs;
+    for (size_t d : rows) ptrs.push_back(docs[d].data());
+    const at::Tensor ids = ids_rows(ptrs, n);
+    std::vector<at::Tensor> parts;  // [nb, len] NLL of each chunk, on the device until the batch ends
+    policy->reset(jm.model->info(), nb);
+    feed_rows(*jm.model, *policy, ids, 0, chunk, [&](int64_t off, const at::Tensor& logits) {
+      const int64_t len = std::min<int64_t>(logits.size(1), n - 1 - off);  // the last position predicts nothing
+      if (len <= 0) return;
+      at::Tensor lp = at::log_softmax(logits.narrow(1, 0, len).to(at::kDouble), -1);
+      at::Tensor tgt = ids.narrow(1, off + 1, len).to(lp.device()).unsqueeze(2);
+      parts.push_back(-lp.gather(2, tgt).squeeze(2));
+    });
+    mem.sample(*policy, *jm.model, nb);
+    jb.ran(nb);
+    const at::Tensor all = at::cat(parts, 1).cpu().contiguous();  // [nb, n - 1]
+    for (int64_t b = 0; b < nb; ++b) {
+      const double* p = all.data_ptr<double>() + b * (n - 1);
+      nll[rows[size_t(b)]].assign(p, p + n - 1);
+    }
+    done += rows.size();
+  }
+  BucketedNll acc(pint(P, "bucket"));
+  for (const auto& v : nll)
+    for (size_t i = 0; i < v.size(); ++i) acc.add(int64_t(i) + 1, v[i]);
   check_cancel(ctx, 1.0);
   nlohmann::json m;
   acc.write(m);
@@ -104,6 +126,7 @@ nlohmann::json run_long_ppl(const nlohmann::json& job, JobContext& ctx) {
   m["documents"] = int64_t(docs.size());
   m["longest_document"] = longest;
   write_paths(m, policy->paths());
+  jb.write(m);
   m["policy"] = policy->name();
   return m;
 }
@@ -117,6 +140,7 @@ ProtocolTraits long_ppl_protocol() {
       {"chunk", ParamType::Int, 256, 1, 1 << 24, {}, "tokens per forward call"},
       {"bucket", ParamType::Int, 1024, 1, 1 << 24, {}, "position bucket width in tokens"},
       {"max_docs", ParamType::Int, 2, 0, 1 << 30, {}, "documents evaluated (0 = all)"},
+      kBatchParam,
       {"documents", ParamType::Enum, "stream", -1e300, 1e300, {"stream", "records"},
        "stream: consecutive seq_len slices of the text; records: one document per JSONL record (truncated)"},
   };

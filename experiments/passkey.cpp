@@ -1,5 +1,6 @@
 #include "experiments/passkey.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <random>
@@ -75,28 +76,44 @@ nlohmann::json run_passkey(const nlohmann::json& job, JobContext& ctx) {
   const int64_t length = pint(P, "length"), trials = pint(P, "trials");
   const int digits = static_cast<int>(pint(P, "digits"));
   const double depth = pfloat(P, "depth");
+  std::vector<std::string> keys;
+  std::vector<PasskeyPrompt> prompts;
+  std::vector<GreedyOptions> opts;
+  int64_t answer_max = 0;
+  for (int64_t t = 0; t < trials; ++t) {
+    keys.push_back(passkey_key(uint64_t(pint(P, "seed")), t, digits));
+    prompts.push_back(build_passkey_prompt(*jm.tokenizer, length, depth, keys.back()));
+    GreedyOptions g;
+    g.prefill_chunk = pint(P, "chunk");
+    g.new_tokens = int64_t(prompts.back().key_ids.size()) + 4;
+    if (length + g.new_tokens > jm.context)
+      throw error("passkey: length {} plus {} answer tokens exceeds the model's context of {} tokens", length,
+                  g.new_tokens, jm.context);
+    answer_max = std::max(answer_max, g.new_tokens);
+    opts.push_back(g);
+  }
+  std::vector<const std::vector<int32_t>*> ids;
+  for (const auto& p : prompts) ids.push_back(&p.ids);
   auto policy = make_policy(job.at("method"));
-  GreedyOptions g;
-  g.prefill_chunk = pint(P, "chunk");
+  const int64_t chunk = opts[0].prefill_chunk > 0 ? opts[0].prefill_chunk : length;
+  JobBatch jb = job_batch(job.at("method"), protocol_batch(P, *jm.model, length + answer_max, chunk));
   KvMemoryPeak mem;
+  const auto outs = greedy_generate_all(
+      *jm.model, *policy, ids, opts, jb.size, [&](double f) { check_cancel(ctx, f); },
+      [&](int64_t rows) {
+        mem.sample(*policy, *jm.model, rows);
+        jb.ran(rows);
+      });
   int64_t correct = 0, prefill_tokens = 0, needle_pos = 0;
   double prefill_s = 0;
   std::string first_answer;
   for (int64_t t = 0; t < trials; ++t) {
-    check_cancel(ctx, double(t) / trials);
-    const std::string key = passkey_key(uint64_t(pint(P, "seed")), t, digits);
-    PasskeyPrompt p = build_passkey_prompt(*jm.tokenizer, length, depth, key);
-    g.new_tokens = int64_t(p.key_ids.size()) + 4;
-    if (length + g.new_tokens > jm.context)
-      throw error("passkey: length {} plus {} answer tokens exceeds the model's context of {} tokens", length,
-                  g.new_tokens, jm.context);
-    GreedyOutput o = greedy_generate(*jm.model, *policy, p.ids, g);
-    mem.sample(*policy, *jm.model);
+    const GreedyOutput& o = outs[size_t(t)];
     const std::string answer = jm.tokenizer->decode(o.tokens);
-    correct += passkey_correct(answer, key) ? 1 : 0;
+    correct += passkey_correct(answer, keys[size_t(t)]) ? 1 : 0;
     prefill_tokens += o.prefill_tokens;
     prefill_s += o.prefill_s;
-    needle_pos += p.needle_pos;
+    needle_pos += prompts[size_t(t)].needle_pos;
     if (t == 0) first_answer = answer;
   }
   check_cancel(ctx, 1.0);
@@ -109,6 +126,7 @@ nlohmann::json run_passkey(const nlohmann::json& job, JobContext& ctx) {
   mem.write(m);
   m["sample"] = first_answer;
   write_paths(m, policy->paths());
+  jb.write(m);
   m["policy"] = policy->name();
   return m;
 }
@@ -124,6 +142,7 @@ ProtocolTraits passkey_protocol() {
       {"digits", ParamType::Int, 5, 1, 18, {}, "digits of the key"},
       {"seed", ParamType::Int, 0, 0, 1e15, {}, "seed of the keys (same keys for every cell and method)"},
       {"chunk", ParamType::Int, 512, 0, 1 << 24, {}, "prefill chunk in tokens (0 = whole prompt at once)"},
+      kBatchParam,
   };
   t.needs_dataset = false;
   t.run = run_passkey;

@@ -120,7 +120,8 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
 
   // Windows go through the model `batch` at a time (one cache policy of `nb` sequences); each
   // window's numbers are the ones it gets alone, and they are summed in window order.
-  const int64_t batch = method_batches(method) ? std::max<int64_t>(1, o.batch) : 1;
+  JobBatch jb = job_batch(method, o.batch);
+  const int64_t batch = jb.size;
   const auto dopt = at::TensorOptions().device(model.device()).dtype(at::kDouble);
   for (size_t w0 = 0; w0 < windows.size(); w0 += size_t(batch)) {
     if (ctx) check_cancel(*ctx, double(w0) / double(windows.size()));
@@ -143,6 +144,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
       policy = std::move(t);
     }
     policy->reset(info, nb);
+    jb.ran(nb);
     // The windows' NLL and their first non-finite logits rows accumulate on the device and are read
     // once, after the batch: no host round trip per chunk (token-by-token feeding included).
     at::Tensor nll_w = at::zeros({nb}, dopt), bad_w = at::full({nb}, INFINITY, dopt);
@@ -224,8 +226,7 @@ nlohmann::json perplexity_over_tokens(CausalLM& model, const std::vector<int32_t
   m["tokens_per_s"] = seconds > 0 ? double(forwarded) / seconds : 0.0;
   write_paths(m, paths);
   write_decode_steps(m, mode, step_stats);
-  m["batch"] = batch;
-  if (batch < o.batch) m["batch_note"] = "the method keeps state across sequences: its windows ran one at a time";
+  jb.write(m);
   m["compute_dtype"] = scalar_name(model.dtype());
   m["kv_bytes"] = kv_sum / nw;
   m["kv_bytes_max"] = kv_max;

@@ -104,12 +104,7 @@ std::vector<Window> cut_windows(int64_t n_tokens, int64_t seq_len, int64_t strid
   return out;
 }
 
-at::Tensor ids_tensor(const int32_t* ids, int64_t n) {
-  at::Tensor t = at::empty({1, n}, at::kLong);
-  int64_t* p = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) p[i] = ids[i];
-  return t;
-}
+at::Tensor ids_tensor(const int32_t* ids, int64_t n) { return ids_rows({ids}, n); }
 
 void feed_more(CausalLM& model, KVCachePolicy& policy, const int32_t* ids, int64_t n, int64_t pos0, int64_t chunk,
                const std::function<void(int64_t, const at::Tensor&)>& on_chunk) {
@@ -183,6 +178,38 @@ int64_t protocol_batch(const nlohmann::json& protocol, const CausalLM& model, in
                                n * (c.hidden_size * 4 + 2 * c.intermediate_size) * elem +     // activations
                                n * c.vocab_size * 4 * 3;                                      // logits, log-softmax
   return std::clamp<int64_t>(free_bytes / 2 / std::max<int64_t>(1, per_sequence), 1, 64);
+}
+
+JobBatch job_batch(const nlohmann::json& method, int64_t room) {
+  const bool batches = method_batches(method);
+  return JobBatch{batches ? std::max<int64_t>(1, room) : 1, !batches && room > 1};
+}
+
+void JobBatch::write(nlohmann::json& m) const {
+  m["batch"] = size;
+  if (runs > 0) m["batch_mean"] = double(sequences) / double(runs);
+  if (held_back) m["batch_note"] = "the method keeps state across sequences: its sequences ran one at a time";
+}
+
+std::vector<std::vector<size_t>> same_shape_batches(const std::vector<std::array<int64_t, 2>>& shapes,
+                                                    int64_t batch) {
+  std::vector<size_t> order(shapes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return shapes[a] < shapes[b]; });
+  std::vector<std::vector<size_t>> out;
+  for (size_t i : order) {
+    if (out.empty() || int64_t(out.back().size()) >= batch || shapes[out.back().front()] != shapes[i]) out.emplace_back();
+    out.back().push_back(i);
+  }
+  return out;
+}
+
+at::Tensor ids_rows(const std::vector<const int32_t*>& rows, int64_t n) {
+  at::Tensor t = at::empty({int64_t(rows.size()), n}, at::kLong);
+  int64_t* p = t.data_ptr<int64_t>();
+  for (size_t b = 0; b < rows.size(); ++b)
+    for (int64_t i = 0; i < n; ++i) p[int64_t(b) * n + i] = rows[b][i];
+  return t;
 }
 
 void check_cancel(JobContext& ctx, double progress) {

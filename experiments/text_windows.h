@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -93,6 +94,28 @@ inline const ParamSpec kBatchParam{"batch", ParamType::Int, 0, 0, 4096, {},
 // holds of the cache in the compute dtype and a chunk's activations and logits, per sequence of
 // seq_len tokens fed in chunks of `chunk`.
 int64_t protocol_batch(const nlohmann::json& protocol, const CausalLM& model, int64_t seq_len, int64_t chunk);
+
+// The batch a job runs at: `room` (protocol_batch()) for a method that batches (method_batches()),
+// else 1.
+struct JobBatch {
+  int64_t size = 1;
+  bool held_back = false;        // room for more, but the method keeps state across sequences
+  int64_t runs = 0, sequences = 0;  // batches run and the sequences in them
+  void ran(int64_t rows) { ++runs, sequences += rows; }
+  // batch, batch_mean (sequences per batch run: below `batch` where ragged or few sequences share a
+  // shape), and batch_note when held back
+  void write(nlohmann::json& metrics) const;
+};
+JobBatch job_batch(const nlohmann::json& method, int64_t room);
+
+// Sequences 0..n-1 in batches of at most `batch` that share a shape (their length and, for
+// generation, the tokens to generate), in order of shape and then index: no batch needs padding, so
+// each sequence's numbers are the ones it gets alone. Callers keep per-sequence results and sum
+// them in index order.
+std::vector<std::vector<size_t>> same_shape_batches(const std::vector<std::array<int64_t, 2>>& shapes, int64_t batch);
+
+// Ids [rows.size(), n] (int64, on the host) of the first n tokens of each row.
+at::Tensor ids_rows(const std::vector<const int32_t*>& rows, int64_t n);
 
 // Throws kvx::Error when the job was cancelled; calls progress.
 void check_cancel(JobContext& ctx, double progress);

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "core/common/error.h"
+#include "core/model/decode_steps.h"
 #include "core/model/model.h"
 #include "experiments/bench_model.h"
 #include "quantizers/registry.h"
@@ -38,9 +39,10 @@ Run run_once(const std::string& mode, const nlohmann::json& method, const Throug
     (void)model.forward(ids.narrow(1, 0, o.context), 0, *policy).select(1, -1).argmax(-1);
   } else {
     at::Tensor acc = at::zeros({}, at::TensorOptions().device(dev).dtype(at::kDouble));
+    DecodeSteps steps(model, *policy, default_step_mode(model));  // one-token chunks as the protocols run them
     for (int64_t c0 = 0; c0 < o.context; c0 += o.chunk) {
       const int64_t n = std::min(o.chunk, o.context - c0);
-      auto lp = at::log_softmax(model.forward(ids.narrow(1, c0, n), c0, *policy), -1);
+      auto lp = at::log_softmax(steps.forward(ids.narrow(1, c0, n), c0), -1);
       acc -= lp.gather(2, ids.narrow(1, c0 + 1, n).unsqueeze(2)).to(at::kDouble).sum();
     }
     const double nll = acc.item<double>();

@@ -9,10 +9,12 @@
 namespace kvx {
 namespace {
 
-// Capacity for `need` tokens: doubling, whole multiples of `unit` (16-byte rows of statistics,
+// Capacity for `need` tokens: grown geometrically, whole multiples of `unit` (16-byte rows of statistics,
 // whole per-channel groups).
 int64_t capacity_for(int64_t need, int64_t have, int64_t unit) {
-  int64_t cap = std::max<int64_t>({64, 2 * have, need});
+  // geometric growth keeps appends amortized O(1); by 1/8 rather than doubling, so a long cache
+  // (a 32K-token full-precision cache is most of a GPU) never needs twice its size to grow
+  int64_t cap = std::max<int64_t>({64, have + std::max<int64_t>(have / 8, 256), need});
   return (cap + unit - 1) / unit * unit;
 }
 

@@ -67,7 +67,7 @@ __global__ void rope_kernel(const T* __restrict__ x, int64_t sb, int64_t sh, int
   const float xv = to_f(xr[d]);
   const float rot = d < half ? -to_f(xr[d + half]) : to_f(xr[d - half]);  // rotate_half
   const float c = rnd<T>(cos[(pos0 + t) * D + d]), s = rnd<T>(sin[(pos0 + t) * D + d]);
-  out[i] = from_f<T>(rnd<T>(xv * c) + rnd<T>(rot * s));
+  out[i] = from_f<T>(rnd<T>(__fmul_rn(xv, c)) + rnd<T>(__fmul_rn(rot, s)));  // two roundings, no FMA: as ATen
 }
 
 // One thread per output element of [rows, I].

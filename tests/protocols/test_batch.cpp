@@ -40,17 +40,21 @@ std::vector<std::pair<std::string, nlohmann::json>> every_method() {
   return out;
 }
 
-void expect_same_at_batch(const nlohmann::json& protocol, const std::vector<const char*>& metrics) {
+void expect_same_at_batch(const nlohmann::json& protocol, const std::vector<const char*>& metrics,
+                          const std::string& dataset = test::wikitext()) {
   for (const auto& [name, method] : every_method()) {
     SCOPED_TRACE(name);
     nlohmann::json p1 = protocol, p4 = protocol;
     p1["batch"] = 1;
     p4["batch"] = 4;
-    const nlohmann::json m1 = run_job(test::make_job("small-code-llama", p1, method, test::wikitext()), test::context());
-    const nlohmann::json m4 = run_job(test::make_job("small-code-llama", p4, method, test::wikitext()), test::context());
+    const nlohmann::json m1 = run_job(test::make_job("small-code-llama", p1, method, dataset), test::context());
+    const nlohmann::json m4 = run_job(test::make_job("small-code-llama", p4, method, dataset), test::context());
     for (const char* k : metrics) EXPECT_EQ(m4.at(k), m1.at(k)) << k;
     EXPECT_EQ(m4["batch"].get<int64_t>(), method_batches(method) ? 4 : 1);
     EXPECT_EQ(m4.contains("batch_note"), !method_batches(method));
+    // sequences really went through together (some of a shape share a batch)
+    if (method_batches(method)) EXPECT_GT(m4["batch_mean"].get<double>(), 1.0);
+    EXPECT_EQ(m1["batch_mean"].get<double>(), 1.0);
   }
 }
 
@@ -69,6 +73,40 @@ TEST(Batch, PerplexityOverlappingWindowsAsAlone) {
 TEST(Batch, KlDivergenceWindowsAsAlone) {
   expect_same_at_batch({{"name", "kl_divergence"}, {"seq_len", 32}, {"chunk", 8}, {"max_windows", 5}},
                        {"kl_mean", "top1_agreement", "ppl", "ppl_ref", "tokens_scored", "kv_bytes_max", "bpv"});
+}
+
+// Documents of unequal length (JSONL records, truncated to seq_len) batch with those of their length.
+TEST(Batch, LongPplDocumentsAsAlone) {
+  expect_same_at_batch({{"name", "long_ppl"}, {"seq_len", 40}, {"chunk", 16}, {"bucket", 8}, {"max_docs", 5}},
+                       {"ppl", "ppl_8_16", "ppl_32_40", "tokens_scored", "kv_bytes_max", "bpv"});
+  std::string records;
+  for (const char* t : {"def add(a, b):\\n    return a + b", "The cat sat on the mat and looked out of the window.",
+                        "for i in range(10):\\n    print(i * i)", "import os\\nimport sys\\nprint(sys.argv)",
+                        "A short one.", "class Point:\\n    def __init__(self, x, y):\\n        self.x = x"})
+    records += std::string("{\"text\": \"") + t + "\"}\n";
+  expect_same_at_batch({{"name", "long_ppl"}, {"seq_len", 16}, {"chunk", 4}, {"bucket", 4}, {"max_docs", 0},
+                        {"documents", "records"}, {"prompt_field", "text"}},
+                       {"ppl", "tokens_scored", "documents", "kv_bytes_max"}, test::write_temp("docs.jsonl", records));
+}
+
+// Keys of different token counts make prompts of different answer lengths: batches of one shape.
+TEST(Batch, PasskeyTrialsAsAlone) {
+  expect_same_at_batch({{"name", "passkey"}, {"length", 72}, {"trials", 6}, {"chunk", 16}},
+                       {"accuracy", "correct", "sample", "kv_bytes_max", "bpv", "needle_pos_mean"});
+}
+
+TEST(Batch, GenerationPromptsAsAlone) {
+  expect_same_at_batch({{"name", "generation"}, {"prompt_len", 24}, {"new_tokens", 6}, {"max_prompts", 5}, {"chunk", 8},
+                        {"stop_at_eos", false}},
+                       {"rouge_l_fp16", "token_agreement", "exact_match_fp16", "divergence_pos_mean", "sample",
+                        "kv_bytes_max", "kv_bytes_mean", "bpv"});
+}
+
+// Candidates of one (question, candidate) length across questions batch together.
+TEST(Batch, MultipleChoiceCandidatesAsAlone) {
+  expect_same_at_batch({{"name", "multiple_choice"}, {"n_questions", 0}},
+                       {"accuracy", "n_correct", "mean_choice_tokens", "bpv", "kv_bytes_max"},
+                       test::source_dir() + "/data/mc/hellaswag_mini.jsonl");
 }
 
 }  // namespace
