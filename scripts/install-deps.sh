@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Install kvx's build dependencies on Debian 12 with apt. Idempotent: when everything is
 # already installed it prints nothing and exits 0. Run as root (or with sudo available).
+# With KVX_DEPS=kvx only what the kvx binary needs (scripts/quickstart.sh); otherwise the test
+# suite's too.
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libtorch-dev libcli11-dev libyaml-cpp-dev libfmt-dev libhdf5-dev libsqlite3-dev
-  libomp-dev libgtest-dev libbenchmark-dev libpcre2-dev nlohmann-json3-dev sqlite3
+  libomp-dev libpcre2-dev nlohmann-json3-dev
   libopenblas0-pthread  # Debian's libtorch uses whatever libblas.so.3 is: OpenBLAS is ~50x the reference BLAS
-  slurm-wlm munge       # tests/slurm: a private single-node Slurm on localhost (ctest -L slurm)
 )
+if [ "${KVX_DEPS:-all}" != kvx ]; then
+  packages+=(
+    libgtest-dev libbenchmark-dev sqlite3
+    slurm-wlm munge       # tests/slurm: a private single-node Slurm on localhost (ctest -L slurm)
+  )
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
