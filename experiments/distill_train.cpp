@@ -20,6 +20,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "experiments/dataset_adapter.h"
 #include "quantizers/registry.h"
+#include "core/common/remove_tree.h"
 
 namespace kvx {
 namespace fs = std::filesystem;
@@ -325,7 +326,7 @@ TrainResult distill_train(const TrainOptions& o, std::FILE* log) {
   auto save_checkpoint = [&](int64_t step) {
     const std::string tmp = ckpt + ".new";
     std::error_code ec;
-    fs::remove_all(tmp, ec);
+    kvx::remove_tree(tmp);
     SaveOptions so;
     so.source_dir = o.model;
     so.dtype = o.dtype;  // exact weights for resuming
@@ -333,7 +334,7 @@ TrainResult distill_train(const TrainOptions& o, std::FILE* log) {
     torch::save(opt, tmp + "/optimizer.pt");
     write_json(tmp + "/state.json", {{"step", step}, {"total_steps", total}, {"options", identity},
                                       {"eval_before", res.eval_before}, {"log", log_json()}});
-    fs::remove_all(ckpt, ec);
+    kvx::remove_tree(ckpt);
     fs::rename(tmp, ckpt, ec);
     if (ec) throw error("{}: cannot move checkpoint into place: {}", ckpt, ec.message());
   };

@@ -11,6 +11,7 @@
 #include "core/model/rope.h"
 #include "quantizers/aqua.h"
 #include "quantizers/registry.h"
+#include "core/common/remove_tree.h"
 
 using namespace kvx;
 
@@ -139,7 +140,7 @@ class AquaWithPredictors : public ::testing::Test {
     higgs::write_predictor_file(path_, ps, false);
     written_ = ps;
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { kvx::remove_tree(dir_); }
   std::string dir_, path_;
   int64_t L_ = 3, H_ = 2, D_ = 8, C_ = 16;
   higgs::PredictorSet written_;

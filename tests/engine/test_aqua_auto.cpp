@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "engine_test_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::test::query1;
@@ -45,5 +46,5 @@ TEST(AquaAuto, SweepCalibratesOnceAndMatchesAnExplicitCalibrationFile) {
   EXPECT_NEAR(std::stod(a), std::stod(b), 1e-9);
   // The stored job keeps "auto" (its identity), not the cache path.
   EXPECT_EQ(query1(dir + "/a/kvx.db", "SELECT COUNT(*) FROM jobs WHERE json_extract(job, '$.method.policy.predictors') = 'auto'"), "2");
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
 }

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine_test_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::test::query;
@@ -30,7 +31,7 @@ class RunTest : public ::testing::Test {
     db = dir + "/results/kvx.db";
   }
   void TearDown() override {
-    if (!dir.empty()) fs::remove_all(dir);
+    if (!dir.empty()) kvx::remove_tree(dir);
   }
   std::string config(const std::string& name, const std::string& body) {
     std::string path = dir + "/" + name + ".yaml";

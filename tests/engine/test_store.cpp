@@ -10,6 +10,7 @@
 #include "core/common/error.h"
 #include "core/store/store.h"
 #include "engine_test_util.h"
+#include "core/common/remove_tree.h"
 
 using kvx::JobSpec;
 using kvx::Store;
@@ -50,7 +51,7 @@ class StoreTest : public ::testing::Test {
     dir = kvx::test::make_temp_dir();
     db = dir + "/r.db";
   }
-  void TearDown() override { std::filesystem::remove_all(dir); }
+  void TearDown() override { kvx::remove_tree(dir); }
   std::string dir, db;
 };
 

@@ -16,6 +16,7 @@
 #include "experiments/perplexity.h"
 #include "experiments/protocol.h"
 #include "fixtures.h"
+#include "core/common/remove_tree.h"
 
 namespace kvx {
 namespace {
@@ -175,7 +176,7 @@ TEST(PerplexityProtocol, NanLogitsFailTheJob) {
     EXPECT_NE(std::string(e.what()).find("logits became NaN/Inf at window 0, position 0"), std::string::npos)
         << e.what();
   }
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
 }
 
 // Full WikiText-2 test through the protocol (run_job, defaults) vs transformers' number.

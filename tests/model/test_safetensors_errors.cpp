@@ -10,6 +10,7 @@
 #include "core/model/model.h"
 #include "core/model/safetensors.h"
 #include "fixtures.h"
+#include "core/common/remove_tree.h"
 
 namespace kvx {
 namespace {
@@ -30,7 +31,7 @@ class BadCheckpoint : public ::testing::Test {
     data_ = bytes.substr(8 + n);
     fs::copy_file(test::model_dir("tiny-gpt2") + "/config.json", dir_ + "/config.json");
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { kvx::remove_tree(dir_); }
 
   static std::string with_header(const json& h, const std::string& data) {
     const std::string hs = h.dump();

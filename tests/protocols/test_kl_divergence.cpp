@@ -7,6 +7,7 @@
 #include "core/common/error.h"
 #include "experiments/kl_divergence.h"
 #include "tests/protocols/test_support.h"
+#include "core/common/remove_tree.h"
 
 using namespace kvx;
 
@@ -125,7 +126,7 @@ TEST(KlProtocol, SeqLenBeyondContextIsAnError) {
 TEST(KlProtocol, ReferencesComputedOncePerSweep) {
   namespace fs = std::filesystem;
   const std::string dir = ::testing::TempDir() + "/kvx-kl-shared";
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
   JobContext ctx = test::context();
   ctx.shared_dir = dir;
   const nlohmann::json proto = {{"name", "kl_divergence"}, {"seq_len", 24}, {"chunk", 8}, {"max_windows", 3}};

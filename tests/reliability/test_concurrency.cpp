@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tests/reliability/reliability_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::test::query1;
@@ -126,7 +127,7 @@ TEST(ConcurrencyTest, FourRunnersAndReadersOnOneDatabase) {
     if (claims != std::to_string(n) + "|" + std::to_string(n) + "|1|0") fail("claims: " + claims);
     jobs_checked += n;
     if (query1(db, "SELECT COUNT(*) FROM sweeps") != "1") fail("sweeps");
-    if (!HasFailure()) fs::remove_all(dir);
+    if (!HasFailure()) kvx::remove_tree(dir);
   }
   std::printf("reliability: concurrency: rounds=%d runners=%d (4 per round, 2 workers each) reader_runs=%d "
               "held_read_transactions=%d jobs_checked=%d worst_reader_seconds=%.2f failures=%d\n",

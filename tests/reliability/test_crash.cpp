@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/reliability/reliability_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::test::query;
@@ -45,14 +46,14 @@ class CrashTest : public ::testing::Test {
     if (kvx::rel::skip_this_run()) GTEST_SKIP() << "long variant: set KVX_RELIABILITY_LONG=1";
   }
   void new_round(int seed) {
-    if (!dir.empty()) fs::remove_all(dir);
+    if (!dir.empty()) kvx::remove_tree(dir);
     dir = kvx::test::make_temp_dir();
     db = dir + "/results/kvx.db";
     log = dir + "/run.log";
     rng.seed(static_cast<uint32_t>(seed) * 2654435761u + 17u);
   }
   void TearDown() override {
-    if (!dir.empty() && !HasFailure()) fs::remove_all(dir);
+    if (!dir.empty() && !HasFailure()) kvx::remove_tree(dir);
     else if (!dir.empty()) std::fprintf(stderr, "kept %s for inspection\n", dir.c_str());
   }
   // n noop jobs with values 0..n-1.

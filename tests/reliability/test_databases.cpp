@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/reliability/reliability_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::test::query;
@@ -35,7 +36,7 @@ class DbTest : public ::testing::Test {
   void TearDown() override {
     if (!dir.empty()) {
       run("chmod -R u+rwX " + quote(dir));
-      fs::remove_all(dir);
+      kvx::remove_tree(dir);
     }
   }
   kvx::test::CmdResult run(const std::string& cmd) { return kvx::test::run_cmd("cd " + quote(dir) + " && " + cmd); }

@@ -28,6 +28,7 @@
 #include "core/higgs/predictor_file.h"
 #include "tests/reliability/fuzz_targets.h"
 #include "tests/reliability/reliability_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::fuzz::Format;
@@ -480,7 +481,7 @@ TEST(Fuzz, MutatedParserInputsLoadOrFailClearly) {
               (unsigned long long)seed, secs, kAsan ? " (ASan+UBSan)" : " (address space capped +512 MiB)");
   std::fflush(stdout);
   EXPECT_EQ(failures, 0);
-  if (failures == 0) fs::remove_all(dir);
+  if (failures == 0) kvx::remove_tree(dir);
 }
 
 // Replays one saved input in this process (no fork, no cap), for a debugger:

@@ -11,6 +11,7 @@
 #include "core/common/error.h"
 #include "core/store/merge.h"
 #include "core/store/store.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -52,7 +53,7 @@ class Merge : public ::testing::Test {
     ASSERT_TRUE(mkdtemp(t.data()));
     dir = t;
   }
-  void TearDown() override { fs::remove_all(dir); }
+  void TearDown() override { kvx::remove_tree(dir); }
   // A shard database holding `keys` of sweep "s"; those in `done` completed with metric value.
   std::string shard(const std::string& name, const std::vector<std::string>& keys,
                     const std::map<std::string, double>& done) {

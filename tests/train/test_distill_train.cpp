@@ -16,6 +16,7 @@
 #include "experiments/distill_train.h"
 #include "quantizers/registry.h"
 #include "tests/model/fixtures.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 
@@ -23,7 +24,7 @@ namespace {
 
 std::string tmp_dir(const std::string& tag) {
   fs::path p = fs::temp_directory_path() / ("kvx_distill_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
+  kvx::remove_tree(p);
   return p.string();
 }
 
@@ -100,7 +101,7 @@ TEST(DistillTrain, LossDecreasesAndCheckpointLoads) {
   EXPECT_GT(ppl, 1.0);
   // The weights really changed.
   EXPECT_FALSE(at::equal(m->hf_state_dict()[0].second, orig->hf_state_dict()[0].second));
-  fs::remove_all(out);
+  kvx::remove_tree(out);
 }
 
 TEST(DistillTrain, ResumeContinuesFromTheSavedStep) {
@@ -143,8 +144,8 @@ TEST(DistillTrain, ResumeContinuesFromTheSavedStep) {
   double worst = 0;
   for (size_t i = 0; i < sa.size(); ++i) worst = std::max(worst, (sa[i].second - sb[i].second).abs().max().item<double>());
   EXPECT_LT(worst, 1e-5);
-  fs::remove_all(a);
-  fs::remove_all(b);
+  kvx::remove_tree(a);
+  kvx::remove_tree(b);
 }
 
 TEST(DistillTrain, BadInputIsOneClearError) {
@@ -162,9 +163,9 @@ TEST(DistillTrain, BadInputIsOneClearError) {
   o = small_run(tmp_dir("bad3"));
   o.resume = true;
   EXPECT_THROW(kvx::distill_train(o, nullptr), kvx::Error);
-  fs::remove_all(tmp_dir("bad"));
-  fs::remove_all(tmp_dir("bad2"));
-  fs::remove_all(tmp_dir("bad3"));
+  kvx::remove_tree(tmp_dir("bad"));
+  kvx::remove_tree(tmp_dir("bad2"));
+  kvx::remove_tree(tmp_dir("bad3"));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "core/model/safetensors.h"
 #include "core/model/safetensors_writer.h"
 #include "tests/model/fixtures.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 
@@ -20,7 +21,7 @@ namespace {
 
 std::string tmp_dir(const std::string& tag) {
   fs::path p = fs::temp_directory_path() / ("kvx_train_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
+  kvx::remove_tree(p);
   fs::create_directories(p);
   return p.string();
 }
@@ -78,7 +79,7 @@ TEST(SafetensorsWriter, RoundTripAndValidHeader) {
   EXPECT_TRUE(at::equal(f->load("b.f16", at::kHalf, at::kCPU), ts[1].second));
   EXPECT_TRUE(at::equal(f->load("c.bf16", at::kBFloat16, at::kCPU), ts[2].second));
   EXPECT_EQ(f->entry("d.i64").dtype, "I64");
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
 }
 
 TEST(SafetensorsWriter, RejectsDuplicateAndEmptyNames) {
@@ -87,7 +88,7 @@ TEST(SafetensorsWriter, RejectsDuplicateAndEmptyNames) {
                kvx::Error);
   EXPECT_THROW(kvx::write_safetensors(dir + "/x.safetensors", {{"", at::zeros({1})}}), kvx::Error);
   EXPECT_THROW(kvx::write_safetensors(dir + "/no/such/dir/x.safetensors", {{"a", at::zeros({1})}}), kvx::Error);
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
 }
 
 // Saving an untouched model reproduces the source file tensor for tensor: same names, shapes,
@@ -127,7 +128,7 @@ void check_model_round_trip(const std::string& name) {
     EXPECT_EQ(sa[i].first, sb[i].first);
     EXPECT_TRUE(at::equal(sa[i].second, sb[i].second)) << sa[i].first;
   }
-  fs::remove_all(out);
+  kvx::remove_tree(out);
 }
 
 TEST(SafetensorsWriter, Gpt2ModelRoundTrip) { check_model_round_trip("tiny-gpt2"); }
@@ -149,7 +150,7 @@ TEST(SafetensorsWriter, SaveDtypeRewritesConfig) {
   EXPECT_THROW(kvx::save_hf_model(*m, out, so), kvx::Error);
   so.dtype = "original";
   EXPECT_THROW(kvx::save_hf_model(*m, src, so), kvx::Error);  // never overwrite the source
-  fs::remove_all(out);
+  kvx::remove_tree(out);
 }
 
 }  // namespace
