@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "apps/kvx/command.h"
+#include "core/grid/sweep_config.h"
 #include "core/runner/runner.h"
 
 namespace {
@@ -15,8 +16,8 @@ void setup(CLI::App& app) {
   cmd->add_option("--workers", opt->workers, "CPU worker processes (default: the config's workers)")
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--lease", opt->lease_seconds,
-                  "seconds without heartbeat before a running job is reclaimed (default: config, 60)")
-      ->check(CLI::PositiveNumber);
+                  "seconds without heartbeat before a running job is reclaimed (default: config, 60; at least 1)")
+      ->check(CLI::Range(kvx::grid::kMinLeaseSeconds, 1e9));
   cmd->add_option("--shard", opt->shard,
                   "i/N: run only shard i (0-based) of N, chosen by job key (Slurm arrays; merge with kvx merge)");
   cmd->add_flag("--dry-run", opt->dry_run, "print the expanded job table and counts; run and write nothing");

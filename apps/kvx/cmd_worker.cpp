@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "apps/kvx/command.h"
+#include "core/grid/sweep_config.h"
 #include "core/runner/worker.h"
 
 namespace {
@@ -14,7 +15,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--db", opt->db)->required();
   cmd->add_option("--sweep-id", opt->sweep_id)->required();
   cmd->add_option("--device", opt->device)->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--lease", opt->lease_seconds);
+  cmd->add_option("--lease", opt->lease_seconds)->check(CLI::Range(kvx::grid::kMinLeaseSeconds, 1e9));
   cmd->add_option("--gpu", opt->gpu_index);
   cmd->add_option("--max-memory", opt->max_memory);
   cmd->callback([opt] {

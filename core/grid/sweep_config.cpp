@@ -107,8 +107,10 @@ class Loader {
     if (root.contains("workers")) cfg.workers = integer(root["workers"], "/workers", 1, 1024);
     if (root.contains("retries")) cfg.retries = integer(root["retries"], "/retries", 0, 100);
     if (root.contains("lease_seconds")) {
-      if (!root["lease_seconds"].is_number() || root["lease_seconds"].get<double>() <= 0)
-        fail("/lease_seconds", "'lease_seconds' must be a positive number");
+      if (!root["lease_seconds"].is_number() || root["lease_seconds"].get<double>() < kMinLeaseSeconds)
+        fail("/lease_seconds", fmt::format("'lease_seconds' must be a number of at least {} s (workers heartbeat every "
+                                           "lease/4, at least 0.2 s apart: a shorter lease reclaims healthy jobs)",
+                                           kMinLeaseSeconds));
       cfg.lease_seconds = root["lease_seconds"].get<double>();
     }
     if (root.contains("device")) {

@@ -14,6 +14,10 @@ namespace kvx::grid {
 
 class FileHasher;
 
+// The shortest lease a sweep takes: a worker beats every lease/4 and at least 0.2 s apart, so a
+// shorter lease would let healthy jobs be reclaimed by another runner.
+constexpr double kMinLeaseSeconds = 1.0;
+
 struct SweepConfig {
   std::string file;         // path as given
   std::string text;         // the config text (stored with the sweep)
@@ -32,7 +36,7 @@ struct SweepConfig {
   std::vector<std::pair<int, int64_t>> max_memory;
   std::string devices_where;  // "FILE:LINE:COL" of `devices:` (runtime placement errors)
   int retries = 1;
-  double lease_seconds = 60;
+  double lease_seconds = 60;  // at least kMinLeaseSeconds
   std::vector<JobSpec> jobs;  // unique keys, in expansion order
 };
 

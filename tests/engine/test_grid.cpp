@@ -16,6 +16,7 @@
 #include "experiments/protocol.h"
 #include "quantizers/registry.h"
 #include "engine_test_util.h"
+#include "core/common/remove_tree.h"
 
 namespace fs = std::filesystem;
 using kvx::grid::FileHasher;
@@ -120,6 +121,11 @@ TEST(Grid, DefaultsAndSettings) {
 
 TEST(GridErrors, UnknownTopLevelKey) {
   EXPECT_PRED2(starts_with, error_of("name: t\nprotocols: [{name: noop}]\nworkerz: 2\n"), "t.yaml:3:1: unknown key 'workerz'");
+}
+
+TEST(GridErrors, LeaseShorterThanItsHeartbeatsIsRefused) {
+  EXPECT_PRED2(starts_with, error_of("name: t\nprotocols: [{name: noop}]\nlease_seconds: 0.1\n"),
+               "t.yaml:3:16: 'lease_seconds' must be a number of at least 1 s");
 }
 
 TEST(GridErrors, UnknownMethodType) {
@@ -276,7 +282,7 @@ TEST(JobKey, ModelContentNotPath) {
   EXPECT_EQ(a.jobs[0].job["model"]["path"], dir + "/m1");
   EXPECT_EQ(a.jobs[0].job["dataset"]["path"], dir + "/data.txt");
   EXPECT_EQ(a.jobs[0].job["dataset"]["hash"], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-  fs::remove_all(dir);
+  kvx::remove_tree(dir);
 }
 
 // Every sweep config shipped in configs/ still parses and expands against today's registry
