@@ -55,6 +55,7 @@ std::string label(const nlohmann::json& m) {
     if (s == 'k' && qn != 300) out += qn == 0 ? " qauto" : fmt::format(" q{}", qn);
     if (c["bits_formula"] != "code") out += " paperbits";
     if (c["center"] != "mean") out += " midrange";
+    if (c["zero_bits"] != "reference") out += " z0mean";
     if (c["symmetric"].get<bool>()) out += " sym";
     return out + "]";
   };
@@ -92,6 +93,8 @@ MethodTraits qaq_traits() {
        "code: ceil(log2(R/(2e)+1)); paper: ceil(log2(R/e))"},
       {"center", ParamType::Enum, "mean", -1e300, 1e300, {"mean", "midrange"},
        "mean (code) or mid-range bins (paper)"},
+      {"zero_bits", ParamType::Enum, "reference", -1e300, 1e300, {"reference", "mean"},
+       "mean centre, 0-bit inliers: the reference code's mean - R/2, or the group mean"},
   };
   t.bits = "0-8 adaptive";
   t.needs_attention = true;
@@ -130,6 +133,7 @@ QaqRoleConfig qaq_role_config(const nlohmann::json& c, bool is_key) {
   r.group.symmetric = c.at("symmetric").get<bool>();
   r.group.method = c.at("method") == "normal" ? qaq::Method::Normal : qaq::Method::Uniform;
   r.group.center = c.at("center") == "midrange" ? qaq::Center::Midrange : qaq::Center::Mean;
+  r.group.zero_bits_mean = c.at("zero_bits") == "mean";
   r.group.outliers_ratio = c.at("outliers_ratio").get<double>();
   r.use_attentions = c.at("use_attentions").get<bool>();
   r.n_bits_uniform = c.at("n_bits_uniform").get<int>();

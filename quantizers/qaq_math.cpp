@@ -114,8 +114,10 @@ void dequantize_group(const uint8_t* codes, const GroupStats& st, int bits, floa
     for_inliers(st, m, [&](int64_t i, int64_t j) { out[i] = level_value[bits > 0 ? codes[j] : 0]; });
   } else if (o.center == Center::Mean) {
     const int64_t half = levels / 2;
+    // 0 bits: the only code is q = −½ (scale = R), unless the group mean is asked for
+    const float zero = o.zero_bits_mean ? center : center - 0.5f * scale;
     for_inliers(st, m, [&](int64_t i, int64_t j) {
-      out[i] = bits > 0 ? float(int64_t(codes[j]) - half) * scale + center : center;
+      out[i] = bits > 0 ? float(int64_t(codes[j]) - half) * scale + center : zero;
     });
   } else {
     for_inliers(st, m, [&](int64_t i, int64_t j) {

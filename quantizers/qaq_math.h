@@ -11,7 +11,9 @@
 //               x̂ = min + (q + ½)·s (symmetric: min = −max|x|).
 //   method normal (fixed bits): μ = mean, s = std (unbiased, torch.std) of inliers; q = number
 //               of thresholds Φ⁻¹((j+1)/2^b) below (x − μ)/s; x̂ = μ + s·Φ⁻¹((q+½)/2^b).
-//   R = max − min of the inliers (symmetric: 2·max|inlier|); b = 0 or s = 0 → x̂ = centre.
+//   R = max − min of the inliers (symmetric: 2·max|inlier|); s = 0 → x̂ = centre. b = 0 with the
+//               mean centre: x̂ = μ − R/2 as the reference code's clamp to [−2^−1, 2^−1 − 1]
+//               gives (zero_bits_mean: x̂ = μ); other grids: x̂ = centre (midrange: min + R/2).
 // Rounding is half-to-even (std::nearbyint); statistics are fp32.
 //
 // Codes are stored unsigned (mean centre: q + 2^(b−1)), b bits each, LSB-first in a byte
@@ -32,6 +34,7 @@ struct GroupOptions {
   bool symmetric = false;
   Center center = Center::Mean;
   Method method = Method::Uniform;
+  bool zero_bits_mean = false;  // mean centre, 0 bits: μ instead of the reference code's μ − R/2
 };
 
 // What a group's values determine independently of the bit width.

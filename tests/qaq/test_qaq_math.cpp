@@ -66,6 +66,19 @@ TEST(QaqMath, Uniform2BitCodeVariant) {
   expect_near_all(y, {0.225f, -0.125f, 0.225f, 3.0f, 0.05f, -0.3f, 0.05f, -2.5f}, 1e-6);
 }
 
+TEST(QaqMath, ZeroBitsAsTheReferenceCodeOrTheMean) {
+  // the worked example's inliers: mu = 0.05, R = 0.7. At 0 bits the reference code's clamp to
+  // [-1/2, 1/2 - 1] leaves q = -1/2 with s = R: every inlier becomes 0.05 - 0.35 = -0.30;
+  // zero_bits: mean gives 0.05.
+  GroupOptions o;
+  o.outliers_ratio = 0.25;
+  std::vector<uint8_t> codes;
+  expect_near_all(roundtrip(kX, 0, o, &codes), {-0.3f, -0.3f, -0.3f, 3.0f, -0.3f, -0.3f, -0.3f, -2.5f}, 1e-6);
+  EXPECT_TRUE(codes.empty());  // nothing stored per inlier
+  o.zero_bits_mean = true;
+  expect_near_all(roundtrip(kX, 0, o), {0.05f, 0.05f, 0.05f, 3.0f, 0.05f, 0.05f, 0.05f, -2.5f}, 1e-6);
+}
+
 TEST(QaqMath, Uniform3BitCodeVariant) {
   GroupOptions o;
   o.outliers_ratio = 0.25;
@@ -85,14 +98,10 @@ TEST(QaqMath, Uniform2BitPaperMidrange) {
   expect_near_all(y, {0.1375f, -0.0375f, 0.3125f, 3.0f, -0.0375f, -0.2125f, 0.1375f, -2.5f}, 1e-6);
 }
 
-TEST(QaqMath, ZeroBitsAndConstantGroupGiveCentre) {
-  GroupOptions o;
-  o.outliers_ratio = 0.25;
-  auto y = roundtrip(kX, 0, o);
-  expect_near_all(y, {0.05f, 0.05f, 0.05f, 3.0f, 0.05f, 0.05f, 0.05f, -2.5f}, 1e-6);
-  std::vector<float> c(8, 1.5f);
-  auto z = roundtrip(c, 3, GroupOptions{});
-  expect_near_all(z, c, 0);
+TEST(QaqMath, ConstantGroupGivesCentre) {
+  std::vector<float> c(8, 1.5f);  // R = 0, s = 0: every width reconstructs the value itself
+  expect_near_all(roundtrip(c, 3, GroupOptions{}), c, 0);
+  expect_near_all(roundtrip(c, 0, GroupOptions{}), c, 0);
 }
 
 TEST(QaqMath, SymmetricUsesZeroCentre) {
