@@ -81,7 +81,6 @@ std::vector<GreedyOutput> greedy_generate_rows(CausalLM& model, KVCachePolicy& p
 
 GreedyOutput greedy_generate(CausalLM& model, KVCachePolicy& policy, const std::vector<int32_t>& prompt,
                              const GreedyOptions& opt) {
-  if (prompt.empty()) throw error("generation: empty prompt");
   return std::move(greedy_generate_rows(model, policy, {&prompt}, opt)[0]);
 }
 
