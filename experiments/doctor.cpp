@@ -1,6 +1,5 @@
 #include "experiments/doctor.h"
 
-#include <ATen/Context.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
@@ -74,13 +73,11 @@ nlohmann::json run_doctor(const DoctorOptions& o) {
                          "CMAKE_PREFIX_PATH); CPU runs need nothing more"));
   r["gpus"] = visible_gpus();
   std::string gpu_line;
-  bool fused_here = false;
-  for (const auto& g : r["gpus"]) {
+  for (const auto& g : r["gpus"])
     gpu_line += fmt::format("{}{} ({}, sm {}, {:.0f} GiB, {:.0f} free)", gpu_line.empty() ? "" : "; ",
                             g["index"].get<int>(), g["name"].get<std::string>(), g["capability"].get<std::string>(),
                             g["memory_gib"].get<double>(), g["free_gib"].get<double>());
-    fused_here = true;
-  }
+  const bool fused_here = b.cuda_compiled && !r["gpus"].empty();  // the kernels need the build and a GPU
   if (b.cuda_compiled)
     checks.push_back(check("gpus", !r["gpus"].empty(), false, r["gpus"].empty() ? "none visible" : gpu_line,
                            "no GPU is visible to CUDA: check nvidia-smi and CUDA_VISIBLE_DEVICES; jobs run on the CPU"));
@@ -88,11 +85,11 @@ nlohmann::json run_doctor(const DoctorOptions& o) {
   std::string fused_line;
   for (const auto& t : method_table())
     if (t.kernels) {
-      fused.push_back({{"method", t.name}, {"kernels", t.kernels}, {"here", b.cuda_compiled && fused_here}});
+      fused.push_back({{"method", t.name}, {"kernels", t.kernels}, {"here", fused_here}});
       fused_line += (fused_line.empty() ? "" : ", ") + t.name;
     }
-  checks.push_back(check("fused_kernels", b.cuda_compiled && fused_here, false,
-                         b.cuda_compiled && fused_here ? fused_line + " run fused here"
+  checks.push_back(check("fused_kernels", fused_here, false,
+                         fused_here ? fused_line + " run fused here"
                                                        : fused_line + " run their CPU reference here",
                          "fused attention needs the CUDA build and a visible GPU"));
   const std::string not_writable = writable(o.results_dir);

@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-
 #include "apps/kvx/command.h"
 #include "experiments/doctor.h"
 

@@ -4,8 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
-
 namespace kvx {
 namespace {
 // Children before their folder (FTW_DEPTH), links not followed (FTW_PHYS).
